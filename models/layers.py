@@ -1,0 +1,343 @@
+"""Building blocks of the T5.1.1-style Transformer (PAPER.md 2.1).
+
+Pre-norm RMSNorm, GEGLU MLP, no biases anywhere, T5 relative position bias, attention without the
+1/sqrt(head_dim) logit scale (T5 folds it into the query initialiser, which is equivalent under
+Adafactor). Parameters are stored in ``param_dtype`` and cast to ``dtype`` for compute; norms, softmax
+and logits are computed in float32.
+
+Parameter names and shapes follow t5x (``query/kernel [embed, heads, kv]``, ``mlp/wi_0/kernel``, ...),
+so the tree reads like a t5x checkpoint. The tree is a checkpoint format: ``tests/test_model.py``
+asserts it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from models import sharding as shd
+from models.config import ModelConfig
+from models.masks import mask_to_bias
+
+Array = jax.Array
+KVCache = dict[str, Array]  # {"key": [batch, slots, heads, kv], "value": same}
+
+
+def _param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...],
+           axes: tuple[str, ...], dtype: jnp.dtype) -> Array:
+    """A parameter annotated with its logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _kernel_init(scale: float, fan_in_axes: tuple[int, ...], fan_out_axes: tuple[int, ...]):
+    """T5's ``variance_scaling(scale, 'fan_in', 'truncated_normal')`` over multi-axis kernels."""
+    return nn.initializers.variance_scaling(
+        scale, "fan_in", "truncated_normal", in_axis=fan_in_axes, out_axis=fan_out_axes)
+
+
+def _dropout(x: Array, rate: float, enabled: bool, broadcast_dims: tuple[int, ...] = ()) -> Array:
+    if not enabled or rate == 0.0:
+        return x
+    return nn.Dropout(rate=rate, broadcast_dims=broadcast_dims, deterministic=False)(x)
+
+
+class RMSNorm(nn.Module):
+    """T5 "LayerNorm": root-mean-square normalisation with a learned scale, no mean, no bias."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (shd.EMBED,),
+                       jnp.dtype(cfg.param_dtype))
+        x = x.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+        y = (x * jax.lax.rsqrt(variance + cfg.layer_norm_epsilon)).astype(cfg.dtype)
+        return y * scale.astype(cfg.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding; ``attend`` gives the tied output projection."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                                (cfg.vocab_size, cfg.d_model), (shd.VOCAB, shd.EMBED),
+                                jnp.dtype(cfg.param_dtype))
+
+    def __call__(self, tokens: Array) -> Array:
+        """``[batch, length]`` ids -> ``[batch, length, d_model]`` in the compute dtype."""
+        x = jnp.take(self.embedding.astype(self.config.dtype), tokens, axis=0)
+        return nn.with_logical_constraint(x, (shd.BATCH, shd.LENGTH, shd.EMBED))
+
+    def attend(self, x: Array) -> Array:
+        """``[batch, length, d_model]`` -> float32 logits ``[batch, length, vocab]``."""
+        embedding = self.embedding.astype(self.config.dtype)
+        return jnp.einsum("bld,vd->blv", x, embedding, preferred_element_type=jnp.float32)
+
+
+def relative_position_buckets(relative_position: Array, bidirectional: bool, num_buckets: int,
+                              max_distance: int) -> Array:
+    """T5's bucketing of ``key_position - query_position`` into ``num_buckets`` ids.
+
+    Half the buckets (a quarter when bidirectional, per direction) hold exact small distances; the
+    rest are log-spaced up to ``max_distance``, beyond which distances share the last bucket. With
+    ``bidirectional=False`` every key to the right of the query lands in bucket 0, as distance 0 does.
+    The arithmetic is the original T5's (float32 log, truncation toward zero), which is what the
+    released checkpoints were trained with.
+    """
+    buckets = jnp.zeros_like(relative_position)
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (n < 0).astype(relative_position.dtype) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # Clip before the log so that n = 0 (masked by is_small anyway) does not produce -inf.
+    scaled = (jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+              / np.log(max_distance / max_exact) * (num_buckets - max_exact))
+    large = jnp.minimum(max_exact + scaled.astype(relative_position.dtype), num_buckets - 1)
+    return buckets + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head scalar bias indexed by relative-position bucket."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, bucket_ids: Array) -> Array:
+        """``[batch or 1, q, k]`` bucket ids -> ``[batch or 1, heads, q, k]`` float32 bias."""
+        cfg = self.config
+        table = _param(self, "rel_embedding",
+                       nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                       (cfg.num_heads, cfg.relpos_num_buckets), (shd.HEADS, shd.RELPOS_BUCKETS),
+                       jnp.dtype(cfg.param_dtype))
+        bias = jnp.take(table.astype(jnp.float32), bucket_ids, axis=1)  # [heads, b, q, k]
+        return jnp.transpose(bias, (1, 0, 2, 3))
+
+
+def _write_cache(cache: Array, chunk: Array, offsets: Array) -> Array:
+    """Writes ``chunk [b, q, ...]`` into ``cache [b, slots, ...]`` at per-example slot ``offsets``."""
+    def write_one(c: Array, x: Array, offset: Array) -> Array:
+        start = (offset,) + (0,) * (c.ndim - 1)
+        return jax.lax.dynamic_update_slice(c, x.astype(c.dtype), start)
+    return jax.vmap(write_one)(cache, chunk, offsets)
+
+
+class Attention(nn.Module):
+    """Multi-head dot-product attention without biases, with an optional KV cache.
+
+    Self-attention with a cache writes this call's keys and values into the cache at
+    ``cache_offsets`` and attends over every cache slot (the mask hides unwritten ones). Cross-attention
+    with a cache computes the encoder's keys and values once, when ``inputs_kv`` is given, and reads
+    them from the cache when it is None.
+    """
+
+    config: ModelConfig
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Optional[Array], bias: Array,
+                 cache: Optional[KVCache] = None,
+                 cache_offsets: Optional[Array] = None) -> tuple[Array, Optional[KVCache]]:
+        """Attends from ``inputs_q [b, q, d]`` to ``inputs_kv [b, k, d]``.
+
+        Args:
+          inputs_q: queries' inputs.
+          inputs_kv: keys'/values' inputs; None only for cross-attention reading its cache.
+          bias: additive float32 logit bias broadcastable to ``[b, heads, q, k]`` (mask + position).
+          cache: this layer's cache, or None.
+          cache_offsets: ``[b]`` slot at which this call's keys start (self-attention cache only).
+
+        Returns:
+          ``(output [b, q, d], updated cache or None)``.
+        """
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        qkv_shape = (cfg.d_model, cfg.num_heads, cfg.head_dim)
+        qkv_axes = (shd.EMBED, shd.HEADS, shd.KV)
+        # T5 folds 1/sqrt(head_dim) into the query initialiser instead of scaling the logits.
+        query_init = _kernel_init(1.0 / cfg.head_dim, (0,), (1, 2))
+        kernel_init = _kernel_init(1.0, (0,), (1, 2))
+        w_query = _param(self, "query", query_init, qkv_shape, qkv_axes, param_dtype)
+        w_key = _param(self, "key", kernel_init, qkv_shape, qkv_axes, param_dtype)
+        w_value = _param(self, "value", kernel_init, qkv_shape, qkv_axes, param_dtype)
+        w_out = _param(self, "out", _kernel_init(1.0, (0, 1), (2,)),
+                       (cfg.num_heads, cfg.head_dim, cfg.d_model), (shd.HEADS, shd.KV, shd.EMBED),
+                       param_dtype)
+
+        def project(x: Array, w: Array) -> Array:
+            y = jnp.einsum("bld,dhk->blhk", x, w.astype(dtype))
+            return nn.with_logical_constraint(y, (shd.BATCH, shd.LENGTH, shd.HEADS, shd.KV))
+
+        query = project(inputs_q, w_query)
+        if inputs_kv is not None:
+            key, value = project(inputs_kv, w_key), project(inputs_kv, w_value)
+        new_cache = None
+        if cache is not None:
+            if cache_offsets is not None:  # self-attention: append this chunk, read everything
+                key = _write_cache(cache["key"], key, cache_offsets)
+                value = _write_cache(cache["value"], value, cache_offsets)
+            elif inputs_kv is None:  # cross-attention after the first step
+                key, value = cache["key"], cache["value"]
+            new_cache = {"key": key.astype(cache["key"].dtype),
+                         "value": value.astype(cache["value"].dtype)}
+            key, value = key.astype(dtype), value.astype(dtype)
+
+        logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)
+        weights = _dropout(weights, cfg.dropout_rate, self.enable_dropout)
+        context = jnp.einsum("bhqs,bshk->bqhk", weights, value)
+        out = jnp.einsum("bqhk,hkd->bqd", context, w_out.astype(dtype))
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    """GEGLU feed-forward: ``wo(gelu(x wi_0) * (x wi_1))`` (t5x ``mlp_activations=('gelu','linear')``)."""
+
+    config: ModelConfig
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init_in = _kernel_init(1.0, (0,), (1,))
+        w_gate = _param(self, "wi_0", init_in, (cfg.d_model, cfg.d_ff), (shd.EMBED, shd.MLP),
+                        param_dtype)
+        w_linear = _param(self, "wi_1", init_in, (cfg.d_model, cfg.d_ff), (shd.EMBED, shd.MLP),
+                          param_dtype)
+        w_out = _param(self, "wo", _kernel_init(1.0, (0,), (1,)), (cfg.d_ff, cfg.d_model),
+                       (shd.MLP, shd.EMBED), param_dtype)
+        # Sub-module names for the kernels keep t5x's paths: mlp/wi_0/kernel, mlp/wi_1/kernel, ...
+        gate = jnp.einsum("bld,df->blf", x, w_gate.astype(dtype))
+        linear = jnp.einsum("bld,df->blf", x, w_linear.astype(dtype))
+        hidden = nn.gelu(gate, approximate=True) * linear
+        hidden = nn.with_logical_constraint(hidden, (shd.BATCH, shd.LENGTH, shd.MLP))
+        hidden = _dropout(hidden, cfg.dropout_rate, self.enable_dropout, broadcast_dims=(-2,))
+        return jnp.einsum("blf,fd->bld", hidden, w_out.astype(dtype))
+
+
+class Block(nn.Module):
+    """One pre-norm layer: self-attention, optional cross-attention, MLP, each on a residual branch.
+
+    The same block serves the decoder-only stack, the encoder and the encoder-decoder's decoder; the
+    architecture changes only the masks it is given and whether ``cross_attention`` is on.
+
+    ``own_position_bias``: the decoder-only models of the study keep one relative-position table per
+    layer (PAPER.md 2.1, AO ``decoder_only/network.py``); the T5 encoder-decoder shares one table per
+    stack, which the stack adds to ``self_bias`` before the layers.
+    """
+
+    config: ModelConfig
+    cross_attention: bool = False
+    own_position_bias: bool = False
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, self_bias: Array, bucket_ids: Optional[Array],
+                 encoded: Optional[Array], cross_bias: Optional[Array],
+                 cache: Optional[dict[str, KVCache]], cache_offsets: Optional[Array],
+                 ) -> tuple[Array, Optional[dict[str, KVCache]]]:
+        """``x [b, q, d]`` -> ``(x [b, q, d], updated cache)``; the scan's carry and per-layer output."""
+        cfg, drop = self.config, self.enable_dropout
+        # Dropout on residual branches is shared along the length axis, as in t5x.
+        residual_dropout = functools.partial(_dropout, rate=cfg.dropout_rate, enabled=drop,
+                                             broadcast_dims=(-2,))
+        if self.own_position_bias:
+            self_bias = self_bias + RelativePositionBias(cfg, name="relpos_bias")(bucket_ids)
+        new_cache: dict[str, KVCache] = {}
+
+        h = RMSNorm(cfg, name="pre_self_attention_norm")(x)
+        h, new_cache["self"] = Attention(cfg, drop, name="self_attention")(
+            h, h, self_bias, None if cache is None else cache["self"], cache_offsets)
+        x = x + residual_dropout(h)
+
+        if self.cross_attention:
+            h = RMSNorm(cfg, name="pre_cross_attention_norm")(x)
+            h, new_cache["cross"] = Attention(cfg, drop, name="cross_attention")(
+                h, encoded, cross_bias, None if cache is None else cache["cross"], None)
+            x = x + residual_dropout(h)
+
+        h = RMSNorm(cfg, name="pre_mlp_norm")(x)
+        x = x + residual_dropout(MLP(cfg, drop, name="mlp")(h))
+        x = nn.with_logical_constraint(x, (shd.BATCH, shd.LENGTH, shd.EMBED))
+        return x, (new_cache if cache is not None else None)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Stack(nn.Module):
+    """``num_layers`` blocks scanned over a leading ``layers`` axis, then a final RMSNorm.
+
+    Layers are always scanned (``nn.scan``): compile time does not grow with depth, and the
+    parameter tree has one entry per weight with a leading layer axis (the checkpoint format).
+    """
+
+    config: ModelConfig
+    num_layers: int
+    cross_attention: bool = False
+    per_layer_position_bias: bool = False
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, self_mask: Array, bucket_ids: Array,
+                 encoded: Optional[Array] = None, cross_mask: Optional[Array] = None,
+                 cache: Optional[dict[str, KVCache]] = None,
+                 cache_offsets: Optional[Array] = None,
+                 ) -> tuple[Array, Optional[dict[str, KVCache]]]:
+        """Runs the stack.
+
+        Args:
+          x: embedded inputs ``[b, q, d]``.
+          self_mask: ``[b, 1, q, k]`` boolean self-attention mask.
+          bucket_ids: ``[b or 1, q, k]`` relative-position bucket ids.
+          encoded: encoder output ``[b, s, d]`` for cross-attention (None to read the cache).
+          cross_mask: ``[b, 1, q, s]`` boolean cross-attention mask.
+          cache: stacked per-layer caches (leading ``layers`` axis), or None.
+          cache_offsets: ``[b]`` cache slot of the first query.
+
+        Returns:
+          ``(normalised output [b, q, d], updated cache or None)``.
+        """
+        cfg = self.config
+        self_bias = mask_to_bias(self_mask)
+        if not self.per_layer_position_bias:
+            self_bias = self_bias + RelativePositionBias(cfg, name="relpos_bias")(bucket_ids)
+            bucket_ids = None
+        cross_bias = None if cross_mask is None else mask_to_bias(cross_mask)
+
+        block = Block
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
+            length=self.num_layers,
+            metadata_params={nn.PARTITION_NAME: shd.LAYERS},
+        )(cfg, self.cross_attention, self.per_layer_position_bias, self.enable_dropout,
+          name="layers")
+
+        x = _dropout(x, cfg.dropout_rate, self.enable_dropout, broadcast_dims=(-2,))
+        x, new_cache = layers(x, self_bias, bucket_ids, encoded, cross_bias, cache, cache_offsets)
+        x = RMSNorm(cfg, name="final_norm")(x)
+        x = _dropout(x, cfg.dropout_rate, self.enable_dropout, broadcast_dims=(-2,))
+        return x, new_cache
