@@ -14,7 +14,7 @@ adaptations switch the mask, PAPER.md 1.3).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 ARCHITECTURES = {
     "cd": "causal decoder-only",
@@ -49,7 +49,9 @@ class ModelConfig:
       vocab_size: embedding rows; the T5 SentencePiece vocabulary padded to 32,128.
       d_model: residual stream width (``emb_dim`` in t5x).
       num_heads: attention heads.
-      head_dim: width of each head (``head_dim``/``d_kv``); heads x head_dim need not equal d_model.
+      head_dim: width of each head (t5x ``head_dim``, HF ``d_kv``). None derives it as
+        d_model / num_heads, which must then divide exactly; an explicit value (T5 v1.1 small has 6
+        heads of 64 on d_model 512) lets heads x head_dim differ from d_model.
       d_ff: hidden width of the GEGLU MLP (``mlp_dim``).
       num_layers: decoder layers (the only stack of a decoder-only model).
       num_encoder_layers: encoder layers; must be 0 for decoder-only and >= 1 for "ed".
@@ -71,9 +73,9 @@ class ModelConfig:
     vocab_size: int
     d_model: int
     num_heads: int
-    head_dim: int
     d_ff: int
     num_layers: int
+    head_dim: Optional[int] = None
     num_encoder_layers: int = 0
     relpos_num_buckets: int = 32
     relpos_max_distance: int = 128
@@ -87,9 +89,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, tuple(ARCHITECTURES))
-        for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_layers",
+        for name in ("vocab_size", "d_model", "num_heads", "d_ff", "num_layers",
                      "relpos_num_buckets", "relpos_max_distance"):
             _check_positive_int(name, getattr(self, name))
+        if self.head_dim is None:
+            if self.d_model % self.num_heads:
+                raise ValueError(
+                    f"num_heads={self.num_heads}: must divide d_model={self.d_model} (or set "
+                    "head_dim explicitly)")
+            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+        _check_positive_int("head_dim", self.head_dim)
         if not isinstance(self.num_encoder_layers, int) or isinstance(self.num_encoder_layers, bool):
             raise ValueError(f"num_encoder_layers={self.num_encoder_layers!r}: must be an integer")
         if self.architecture == "ed" and self.num_encoder_layers < 1:

@@ -254,8 +254,9 @@ def init_fn(config: ModelConfig) -> Any:
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> Any:
-    """Unboxed parameters on the default device (tests, small models)."""
-    return nn.meta.unbox(init_fn(config)(rng))["params"]
+    """Unboxed parameters on the default device (tests, small models; see
+    ``models.sharding.init_sharded`` for a mesh). Jitted: one compile instead of op-by-op tracing."""
+    return jax.jit(lambda key: nn.meta.unbox(init_fn(config)(key))["params"])(rng)
 
 
 def abstract_params(config: ModelConfig) -> Any:

@@ -1,0 +1,203 @@
+"""Model step benchmark, following PERF.md's protocol.
+
+1. Compile ahead of time; record compile seconds and XLA's memory and FLOP estimates.
+2. Run untimed warm-up steps.
+3. Time ``steps`` steps as one interval closed by ``jax.block_until_ready``, ``repeats`` times; report
+   the median interval / steps.
+4. Report tokens/s, model TFLOP/s from the analytic count (models/flops.py), MFU against a peak that
+   is *measured* on CPU (best of jitted ``jnp.dot`` and numpy on square matrices, same dtype, right
+   before and after the timed steps) or taken from ``--peak-tflops`` on an accelerator.
+
+The step is forward + backward + a plain SGD update of a synthetic batch shaped like the study's
+objective for the architecture (cd: full LM; nd: prefix LM with a half-length prefix; ed: span
+corruption 512/114). It measures the model; the data pipeline is timed on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import losses, sharding
+from models.config import ModelConfig
+from models.flops import FlopCount, decoder_only_flops, encoder_decoder_flops
+from models.transformer import Transformer, init_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchResult:
+    """Figures of one benchmark run; ``format()`` renders them."""
+
+    label: str
+    batch_size: int
+    tokens_per_step: int
+    compile_seconds: float
+    step_seconds: list[float]
+    flops: FlopCount
+    xla_flops: Optional[float]
+    temp_bytes: Optional[int]
+    peak_flops: Optional[float]
+    devices: int
+
+    @property
+    def median_step(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def model_flops_per_second(self) -> float:
+        return self.flops.total * self.batch_size / self.median_step
+
+    def format(self) -> str:
+        lines = [
+            f"{self.label}",
+            f"  batch {self.batch_size}, {self.tokens_per_step} tokens/step, {self.devices} device(s)",
+            f"  compile {self.compile_seconds:.1f} s; median step {self.median_step * 1e3:.1f} ms "
+            f"over {len(self.step_seconds)} intervals "
+            f"(min {min(self.step_seconds) * 1e3:.1f}, max {max(self.step_seconds) * 1e3:.1f})",
+            f"  {self.tokens_per_step / self.median_step:,.0f} tokens/s "
+            f"({self.tokens_per_step / self.median_step / self.devices:,.0f} per device)",
+            f"  model FLOPs/step {self.flops.total * self.batch_size:.3e} causal-aware, "
+            f"{self.flops.total_full * self.batch_size:.3e} full-matrix",
+        ]
+        if self.xla_flops:
+            # XLA counts the body of the layer scan once, not once per layer.
+            lines.append(f"  XLA cost_analysis FLOPs/step {self.xla_flops:.3e} "
+                         f"({self.xla_flops / (self.flops.total * self.batch_size):.2f}x analytic; "
+                         "XLA counts the scanned layer body once)")
+        if self.temp_bytes is not None:
+            lines.append(f"  XLA temp memory {self.temp_bytes / 2**20:,.0f} MiB")
+        tflops = self.model_flops_per_second / 1e12
+        line = f"  {tflops:.3f} model TFLOP/s"
+        if self.peak_flops:
+            full = self.flops.total_full * self.batch_size / self.median_step
+            line += (f"; MFU {self.model_flops_per_second / self.peak_flops:.1%} causal-aware, "
+                     f"{full / self.peak_flops:.1%} full-matrix "
+                     f"(peak {self.peak_flops / 1e12:.3f} TFLOP/s)")
+        lines.append(line)
+        return "\n".join(lines)
+
+
+def synthetic_batch(config: ModelConfig, batch_size: int, length: int = 626,
+                    inputs_length: int = 512, targets_length: int = 114,
+                    seed: int = 0) -> tuple[dict[str, np.ndarray], FlopCount]:
+    """A random, unpacked batch of seqio model features shaped like the study's objective.
+
+    Returns:
+      ``(batch, flops per example)``.
+    """
+    rng = np.random.default_rng(seed)
+
+    def tokens(n: int) -> np.ndarray:
+        return rng.integers(2, config.vocab_size, size=(batch_size, n), dtype=np.int32)
+
+    def shift_right(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+
+    if config.is_encoder_decoder:
+        targets = tokens(targets_length)
+        batch = {"encoder_input_tokens": tokens(inputs_length),
+                 "decoder_target_tokens": targets,
+                 "decoder_input_tokens": shift_right(targets),
+                 "decoder_loss_weights": np.ones_like(targets)}
+        return batch, encoder_decoder_flops(config, inputs_length, targets_length)
+    targets = tokens(length)
+    positions = np.arange(length)[None, :]
+    prefix = length // 2 if config.architecture == "nd" else 0
+    batch = {"decoder_target_tokens": targets,
+             "decoder_input_tokens": shift_right(targets),
+             "decoder_loss_weights": np.broadcast_to(positions >= prefix, targets.shape)
+                                     .astype(np.int32)}
+    if config.architecture == "nd":
+        # seqio convention: the prefix plus one position attends bidirectionally.
+        batch["decoder_causal_attention"] = np.broadcast_to(
+            positions <= prefix, targets.shape).astype(np.int32)
+    return batch, decoder_only_flops(config, length, prefix_length=prefix)
+
+
+def measure_matmul_peak(dtype: str, sizes: tuple[int, ...] = (1024, 2048, 4096),
+                        repeats: int = 3) -> float:
+    """Best FLOP/s of jitted ``jnp.dot`` and numpy on square matrices of ``dtype`` (CPU peak)."""
+    best = 0.0
+    dot = jax.jit(jnp.dot)
+    for n in sizes:
+        a = jnp.ones((n, n), dtype)
+        jax.block_until_ready(dot(a, a))
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(dot(a, a))
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+        if dtype == "float32":
+            x = np.ones((n, n), np.float32)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                x @ x
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def _sgd_train_step(model: Transformer, learning_rate: float = 1e-3) -> Callable[..., Any]:
+    def step(params: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
+        def loss_fn(p: Any) -> jax.Array:
+            logits = model.apply({"params": p}, batch)
+            terms = losses.cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"],
+                                                     batch["decoder_loss_weights"])
+            return terms.loss / jnp.maximum(terms.weight, 1.0)
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        params = jax.tree.map(lambda p, g: p - learning_rate * g.astype(p.dtype), params, grads)
+        return params, loss
+    return step
+
+
+def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
+                  inputs_length: int = 512, targets_length: int = 114, steps: int = 10,
+                  repeats: int = 3, warmup: int = 2, mesh_shape: tuple[int, int] = (-1, 1),
+                  peak_tflops: Optional[float] = None, label: str = "") -> BenchResult:
+    """Benchmarks one train step of ``config`` (see module docstring) and returns its figures."""
+    mesh = sharding.make_mesh(*mesh_shape)
+    batch_np, flops = synthetic_batch(config, batch_size, length, inputs_length, targets_length)
+    with sharding.mesh_context(mesh):
+        params, shardings = sharding.init_sharded(init_fn(config), jax.random.key(0), mesh)
+        params, param_shardings = params["params"], shardings["params"]
+        batch_sharding = jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(sharding.DATA))
+        batch = {k: jax.device_put(v, batch_sharding) for k, v in batch_np.items()}
+        step = jax.jit(_sgd_train_step(Transformer(config)), donate_argnums=0,
+                       in_shardings=(param_shardings, batch_sharding),
+                       out_shardings=(param_shardings, None))
+        start = time.perf_counter()
+        compiled = step.lower(params, batch).compile()
+        compile_seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = compiled.memory_analysis()
+
+    on_cpu = jax.devices()[0].platform == "cpu"
+    peaks = [measure_matmul_peak(config.dtype)] if on_cpu and peak_tflops is None else []
+    for _ in range(warmup):
+        params, loss = compiled(params, batch)
+    jax.block_until_ready(loss)
+    intervals = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            params, loss = compiled(params, batch)
+        jax.block_until_ready(loss)
+        intervals.append((time.perf_counter() - start) / steps)
+    if peaks:
+        peaks.append(measure_matmul_peak(config.dtype))
+    peak = max(peaks) if peaks else (peak_tflops * 1e12 * mesh.size if peak_tflops else None)
+    tokens = sum(int(np.prod(batch_np[k].shape)) for k in batch_np
+                 if k in ("encoder_input_tokens", "decoder_target_tokens"))
+    return BenchResult(
+        label=label or f"{config.architecture} d_model={config.d_model} layers={config.num_layers}",
+        batch_size=batch_size, tokens_per_step=tokens, compile_seconds=compile_seconds,
+        step_seconds=intervals, flops=flops,
+        xla_flops=(cost or {}).get("flops"),
+        temp_bytes=getattr(memory, "temp_size_in_bytes", None),
+        peak_flops=peak, devices=mesh.size)

@@ -1,0 +1,49 @@
+"""Shared test fixtures: the tiny config and hand-built seqio-style batches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.config import ModelConfig, preset
+
+
+def tiny_config(architecture: str, **overrides) -> ModelConfig:
+    """STYLE.md's shared fixture (2 layers, d_model 32, 2 heads, vocab 128), float32 compute."""
+    return preset("tiny", architecture, **{"dtype": "float32", **overrides})
+
+
+def shift_right(targets: np.ndarray, segment_ids: np.ndarray | None = None) -> np.ndarray:
+    """seqio's ``make_autoregressive_inputs``: shift right with BOS 0, restarting at each segment."""
+    inputs = np.zeros_like(targets)
+    inputs[:, 1:] = targets[:, :-1]
+    if segment_ids is not None:
+        starts = np.zeros_like(segment_ids, dtype=bool)
+        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        inputs[starts] = 0
+    return inputs
+
+
+def decoder_batch(targets: np.ndarray, prefix_lengths=None, segment_ids=None,
+                  ) -> dict[str, np.ndarray]:
+    """Decoder-only features for ``targets [b, L]`` (0 = padding), unpacked unless segments given.
+
+    ``prefix_lengths`` (per row, unpacked only) is the number of input tokens; the feature
+    ``decoder_causal_attention`` covers them plus one position, as seqio's prefix-LM converter does.
+    """
+    targets = np.asarray(targets, np.int32)
+    batch = {"decoder_target_tokens": targets,
+             "decoder_input_tokens": shift_right(targets, segment_ids),
+             "decoder_loss_weights": (targets > 0).astype(np.int32)}
+    if prefix_lengths is not None:
+        positions = np.arange(targets.shape[1])[None, :]
+        limit = np.asarray(prefix_lengths)[:, None]
+        batch["decoder_causal_attention"] = (positions <= limit).astype(np.int32) * (targets > 0)
+        batch["decoder_loss_weights"] = ((positions >= limit) & (targets > 0)).astype(np.int32)
+    if segment_ids is not None:
+        batch["decoder_segment_ids"] = np.asarray(segment_ids, np.int32)
+    return batch
+
+
+def random_tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int = 128) -> np.ndarray:
+    """Token ids in [2, vocab): never padding (0) or EOS (1)."""
+    return rng.integers(2, vocab, size=shape).astype(np.int32)

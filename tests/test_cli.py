@@ -1,0 +1,70 @@
+"""The ``archobj`` command: lazy imports, exact model counts, FLOP formulas, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness import cli
+from models import config as model_config
+from models.config import preset
+from models.flops import decoder_only_flops, encoder_decoder_flops
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                         check=True, capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_help_imports_neither_jax_nor_tensorflow():
+    modules = _modules_after("from harness import cli\ntry:\n    cli.main(['--help'])\n"
+                             "except SystemExit:\n    pass")
+    assert not {"jax", "tensorflow", "seqio", "torch"} & modules
+
+
+def test_importing_models_imports_neither_tensorflow_nor_seqio():
+    modules = _modules_after("import models, models.decoding, models.flops, models.losses")
+    assert "jax" in modules
+    assert not {"tensorflow", "seqio", "t5", "torch"} & modules
+
+
+def test_cli_choices_match_the_model_package():
+    assert cli.ARCHITECTURES == tuple(model_config.ARCHITECTURES)
+    assert cli.PRESETS == model_config.PRESETS
+
+
+@pytest.mark.parametrize("name,count", [("paper-decoder", 4762357760),
+                                        ("paper-encdec", 11003736064)])
+def test_model_info_prints_the_exact_paper_counts(capsys, name, count):
+    assert cli.main(["model", "info", name]) == 0
+    assert f"parameters             {count}" in capsys.readouterr().out
+    assert cli.main(["model", "info", name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == count
+
+
+def test_bad_input_is_one_line_on_stderr(capsys):
+    assert cli.main(["model", "info", "paper-decoder", "--arch", "ed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("archobj: error: architecture='ed': preset 'paper-decoder' allows "
+                   "['cd', 'nd']")
+
+
+def test_flops_follow_perf_md_by_hand():
+    # Decoder: 6 N per token (N includes the head) + attention 3 * 4 * L * d_attn * pairs / S.
+    cfg = preset("paper-decoder")
+    n = 24 * (4 * 4096 * 4096 + 3 * 4096 * 10240) + 4096 * 32128
+    flops = decoder_only_flops(cfg, 626)
+    assert flops.matmul == 3 * 2 * 626 * n
+    assert flops.attention == 3 * 4 * 24 * 4096 * 626 ** 2 / 2
+    assert flops.attention_full == 2 * flops.attention
+    # A prefix of P counts P^2 + (S^2 - P^2) / 2 pairs.
+    prefix = decoder_only_flops(cfg, 626, 313)
+    assert prefix.attention == 3 * 4 * 24 * 4096 * (313 ** 2 + (626 ** 2 - 313 ** 2) / 2)
+    # Encoder-decoder: about the decoder's compute per token seen, with ~2x the parameters.
+    ed = encoder_decoder_flops(preset("paper-encdec"), 512, 114)
+    assert ed.tokens == 626
+    assert 1.0 < ed.per_token / flops.per_token < 1.25

@@ -1,0 +1,340 @@
+"""Model invariants per architecture (STYLE.md B3), the parameter tree as a checkpoint format, and
+the loss / scoring functions against hand-computed references."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from helpers import decoder_batch, random_tokens, tiny_config
+from models import losses
+from models.config import preset
+from models.layers import relative_position_buckets
+from models.transformer import Transformer, abstract_params, count_params, init_params
+
+ATOL = 1e-4  # whole-model tolerance (STYLE.md B3)
+
+
+def _paths(params) -> dict[str, tuple[int, ...]]:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _apply(config):
+    """One jitted forward per config: a whole-model compile instead of op-by-op dispatch."""
+    return jax.jit(Transformer(config).apply)
+
+
+def _logits(config, params, batch):
+    return np.asarray(_apply(config)({"params": params},
+                                     {k: jnp.asarray(v) for k, v in batch.items()}))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return {arch: init_params(tiny_config(arch), jax.random.key(0)) for arch in ("cd", "nd", "ed")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter tree: a checkpoint format.
+# --------------------------------------------------------------------------------------------------
+
+LAYER = {  # per-layer weights under */layers/, with the leading layer axis L=2 of the tiny preset
+    "pre_self_attention_norm/scale": (2, 32),
+    "self_attention/query": (2, 32, 2, 16),
+    "self_attention/key": (2, 32, 2, 16),
+    "self_attention/value": (2, 32, 2, 16),
+    "self_attention/out": (2, 2, 16, 32),
+    "pre_mlp_norm/scale": (2, 32),
+    "mlp/wi_0": (2, 32, 64),
+    "mlp/wi_1": (2, 32, 64),
+    "mlp/wo": (2, 64, 32),
+}
+CROSS = {
+    "pre_cross_attention_norm/scale": (2, 32),
+    "cross_attention/query": (2, 32, 2, 16),
+    "cross_attention/key": (2, 32, 2, 16),
+    "cross_attention/value": (2, 32, 2, 16),
+    "cross_attention/out": (2, 2, 16, 32),
+}
+
+
+def test_decoder_only_parameter_paths(params):
+    expected = {"token_embedder/embedding": (128, 32), "decoder/final_norm/scale": (32,),
+                "decoder/layers/relpos_bias/rel_embedding": (2, 2, 32)}
+    expected.update({f"decoder/layers/{k}": v for k, v in LAYER.items()})
+    assert _paths(params["cd"]) == expected
+
+
+def test_encoder_decoder_parameter_paths(params):
+    expected = {"token_embedder/embedding": (128, 32),
+                "encoder/relpos_bias/rel_embedding": (2, 32),
+                "encoder/final_norm/scale": (32,),
+                "decoder/relpos_bias/rel_embedding": (2, 32),
+                "decoder/final_norm/scale": (32,)}
+    expected.update({f"encoder/layers/{k}": v for k, v in LAYER.items()})
+    expected.update({f"decoder/layers/{k}": v for k, v in {**LAYER, **CROSS}.items()})
+    assert _paths(params["ed"]) == expected
+
+
+def test_untied_head_adds_logits_dense():
+    paths = _paths(abstract_params(tiny_config("ed", tie_embeddings=False)))
+    assert paths["logits_dense/kernel"] == (32, 128)
+
+
+def test_causal_and_noncausal_decoders_share_one_parameter_tree(params):
+    assert _paths(params["cd"]) == _paths(params["nd"])
+    # A cd checkpoint runs as nd (the study's CD -> ND adaptation): same tree, new mask.
+    batch = decoder_batch(np.full((1, 8), 5), prefix_lengths=[3])
+    assert np.isfinite(_logits(tiny_config("nd"), params["cd"], batch)).all()
+
+
+@pytest.mark.parametrize("name,arch,expected", [
+    ("paper-decoder", "cd", 4_762_357_760),   # t5x decoder_only xxl.gin
+    ("paper-decoder", "nd", 4_762_357_760),
+    ("paper-encdec", "ed", 11_003_736_064),   # AO enc_dec_xxl.gin
+])
+def test_paper_presets_have_the_studys_exact_parameter_counts(name, arch, expected):
+    assert count_params(preset(name, arch)) == expected
+
+
+def test_parameters_are_float32_and_compute_is_bfloat16_by_default(params):
+    cfg = preset("tiny", "cd")
+    assert (cfg.param_dtype, cfg.dtype) == ("float32", "bfloat16")
+    p = init_params(cfg, jax.random.key(0))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(p))
+    logits = _logits(cfg, p, decoder_batch(np.full((1, 4), 3)))
+    assert logits.dtype == np.float32  # logits (and so the loss) in float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention structure.
+# --------------------------------------------------------------------------------------------------
+
+def test_causal_decoder_changing_a_later_token_leaves_earlier_logits_unchanged(params):
+    rng = np.random.default_rng(0)
+    targets = random_tokens(rng, (2, 12))
+    changed = targets.copy()
+    changed[:, 7] = (changed[:, 7] + 1) % 126 + 2
+    for arch in ("cd", "nd"):
+        # For nd, position 7 is outside the 3-token prefix (dca covers positions 0..3).
+        prefix = [3, 3] if arch == "nd" else None
+        a = _logits(tiny_config(arch), params[arch], decoder_batch(targets, prefix))
+        b = _logits(tiny_config(arch), params[arch], decoder_batch(changed, prefix))
+        # decoder_input_tokens are shifted right: the change enters at position 8.
+        np.testing.assert_allclose(a[:, :8], b[:, :8], atol=1e-6)
+        assert not np.allclose(a[:, 8:], b[:, 8:], atol=1e-4)
+
+
+def test_causal_decoder_ignores_decoder_causal_attention(params):
+    targets = random_tokens(np.random.default_rng(1), (2, 10))
+    with_prefix = decoder_batch(targets, prefix_lengths=[6, 4])
+    without = decoder_batch(targets)
+    np.testing.assert_array_equal(_logits(tiny_config("cd"), params["cd"], with_prefix),
+                                  _logits(tiny_config("cd"), params["cd"], without))
+
+
+def test_noncausal_decoder_prefix_is_bidirectional(params):
+    rng = np.random.default_rng(2)
+    targets = random_tokens(rng, (2, 12))
+    changed = targets.copy()
+    changed[:, 4] = (changed[:, 4] + 1) % 126 + 2  # last input token of a 5-token prefix
+    cfg, p = tiny_config("nd"), params["nd"]
+    a = _logits(cfg, p, decoder_batch(targets, [5, 5]))
+    b = _logits(cfg, p, decoder_batch(changed, [5, 5]))
+    # Input position 5 holds that token; positions 0..4 see it only through the bidirectional prefix.
+    assert np.abs(a[:, :5] - b[:, :5]).max() > 1e-3
+    # The same model as a causal decoder does not let it leak backwards.
+    c = _logits(tiny_config("cd"), p, decoder_batch(targets, [5, 5]))
+    d = _logits(tiny_config("cd"), p, decoder_batch(changed, [5, 5]))
+    np.testing.assert_allclose(c[:, :5], d[:, :5], atol=1e-6)
+
+
+def test_noncausal_decoder_targets_do_not_leak_into_the_prefix(params):
+    rng = np.random.default_rng(3)
+    targets = random_tokens(rng, (1, 12))
+    changed = targets.copy()
+    changed[:, 8] += 1  # a target token (input position 9)
+    cfg, p = tiny_config("nd"), params["nd"]
+    a = _logits(cfg, p, decoder_batch(targets, [5]))
+    b = _logits(cfg, p, decoder_batch(changed, [5]))
+    np.testing.assert_allclose(a[:, :9], b[:, :9], atol=1e-6)
+
+
+def test_encoder_decoder_last_encoder_token_reaches_first_decoder_position(params):
+    rng = np.random.default_rng(4)
+    cfg, p = tiny_config("ed"), params["ed"]
+    enc = random_tokens(rng, (2, 9))
+    batch = decoder_batch(random_tokens(rng, (2, 6)))
+    batch["encoder_input_tokens"] = enc
+    changed = dict(batch, encoder_input_tokens=enc.copy())
+    changed["encoder_input_tokens"][:, -1] += 1
+    a, b = _logits(cfg, p, batch), _logits(cfg, p, changed)
+    assert np.abs(a[:, 0] - b[:, 0]).max() > 1e-3
+    # ... and the decoder itself is causal.
+    later = dict(batch, decoder_input_tokens=batch["decoder_input_tokens"].copy())
+    later["decoder_input_tokens"][:, 4] += 1
+    c = _logits(cfg, p, later)
+    np.testing.assert_allclose(a[:, :4], c[:, :4], atol=1e-6)
+
+
+def test_bidirectional_prefix_buckets_change_only_the_prefix_pairs():
+    cfg = tiny_config("nd", prefix_position_buckets="bidirectional")
+    p = init_params(cfg, jax.random.key(1))
+    targets = random_tokens(np.random.default_rng(5), (1, 10))
+    batch = decoder_batch(targets, [4])
+    causal = _logits(tiny_config("nd"), p, batch)
+    bidirectional = _logits(cfg, p, batch)
+    assert np.abs(causal[:, :5] - bidirectional[:, :5]).max() > 1e-4  # prefix queries differ
+    # Bucket ids: inside the prefix a key 2 to the right gets its own bucket, not distance 0's.
+    rel = jnp.array([2, 0, -2])
+    assert list(relative_position_buckets(rel, False, 32, 128)) == [0, 0, 2]
+    assert list(relative_position_buckets(rel, True, 32, 128)) == [18, 0, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Packing: a packed row gives the same per-token outputs as each example alone.
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["cd", "nd"])
+def test_packing_invariance_decoder_only(params, arch):
+    rng = np.random.default_rng(6)
+    cfg, p = tiny_config(arch), params[arch]
+    lengths, prefixes = [5, 7, 3], [2, 4, 1]
+    examples = [random_tokens(rng, (1, n)) for n in lengths]
+    packed_len = sum(lengths) + 2
+    targets = np.zeros((1, packed_len), np.int32)
+    segments = np.zeros((1, packed_len), np.int32)
+    dca = np.zeros((1, packed_len), np.int32)
+    start = 0
+    for i, (example, prefix) in enumerate(zip(examples, prefixes)):
+        n = example.shape[1]
+        targets[0, start:start + n] = example
+        segments[0, start:start + n] = i + 1
+        dca[0, start:start + prefix + 1] = 1
+        start += n
+    packed = decoder_batch(targets, segment_ids=segments)
+    packed["decoder_causal_attention"] = dca
+    packed_logits = _logits(cfg, p, packed)
+    start = 0
+    for example, prefix in zip(examples, prefixes):
+        n = example.shape[1]
+        alone = _logits(cfg, p, decoder_batch(example, [prefix]))
+        np.testing.assert_allclose(packed_logits[:, start:start + n], alone, atol=ATOL)
+        start += n
+
+
+def test_packing_invariance_encoder_decoder(params):
+    rng = np.random.default_rng(7)
+    cfg, p = tiny_config("ed"), params["ed"]
+    enc = [random_tokens(rng, (1, n)) for n in (6, 4)]
+    dec = [random_tokens(rng, (1, n)) for n in (3, 5)]
+
+    def pack(parts, length):
+        tokens, segments = np.zeros((1, length), np.int32), np.zeros((1, length), np.int32)
+        start = 0
+        for i, part in enumerate(parts):
+            tokens[0, start:start + part.shape[1]] = part
+            segments[0, start:start + part.shape[1]] = i + 1
+            start += part.shape[1]
+        return tokens, segments
+
+    enc_tokens, enc_segments = pack(enc, 12)
+    dec_tokens, dec_segments = pack(dec, 10)
+    packed = decoder_batch(dec_tokens, segment_ids=dec_segments)
+    packed.update(encoder_input_tokens=enc_tokens, encoder_segment_ids=enc_segments)
+    packed_logits = _logits(cfg, p, packed)
+    start = 0
+    for e, d in zip(enc, dec):
+        alone = decoder_batch(d)
+        alone["encoder_input_tokens"] = e
+        n = d.shape[1]
+        np.testing.assert_allclose(packed_logits[:, start:start + n], _logits(cfg, p, alone),
+                                   atol=ATOL)
+        start += n
+
+
+# --------------------------------------------------------------------------------------------------
+# Dropout, loss and scoring.
+# --------------------------------------------------------------------------------------------------
+
+def test_dropout_only_acts_when_enabled():
+    cfg = tiny_config("cd", dropout_rate=0.1)
+    p = init_params(cfg, jax.random.key(0))
+    batch = {k: jnp.asarray(v) for k, v in decoder_batch(np.full((1, 6), 7)).items()}
+    train = jax.jit(lambda key: Transformer(cfg, enable_dropout=True).apply(
+        {"params": p}, batch, rngs={"dropout": key}))
+    assert not np.allclose(train(jax.random.key(1)), train(jax.random.key(2)))
+    np.testing.assert_array_equal(_logits(cfg, p, batch), _logits(cfg, p, batch))
+
+
+def test_cross_entropy_with_z_loss_matches_a_hand_computed_reference():
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(2, 5, 11)).astype(np.float32) * 3
+    targets = rng.integers(0, 11, size=(2, 5))
+    weights = rng.integers(0, 2, size=(2, 5)).astype(np.float32)
+    terms = losses.cross_entropy_with_z_loss(jnp.asarray(logits), jnp.asarray(targets),
+                                             jnp.asarray(weights), z_loss=1e-4)
+    loss = z = 0.0
+    for b in range(2):
+        for t in range(5):
+            log_z = np.log(np.sum(np.exp(logits[b, t].astype(np.float64))))
+            token_z = 1e-4 * log_z ** 2
+            loss += weights[b, t] * (log_z - logits[b, t, targets[b, t]] + token_z)
+            z += weights[b, t] * token_z
+    np.testing.assert_allclose(terms.loss, loss, rtol=1e-5)
+    np.testing.assert_allclose(terms.z_loss, z, rtol=1e-5)
+    assert terms.weight == weights.sum()
+
+
+def test_score_targets_sums_log_probs_of_weighted_tokens():
+    rng = np.random.default_rng(9)
+    logits = rng.normal(size=(3, 4, 7)).astype(np.float32)
+    targets = np.argmax(logits, axis=-1)
+    targets[1, 2] = (targets[1, 2] + 1) % 7  # row 1 is not greedy at a weighted position
+    weights = np.array([[0, 1, 1, 1], [0, 0, 1, 1], [1, 0, 0, 0]], np.float32)
+    ll, greedy = losses.score_targets(jnp.asarray(logits), jnp.asarray(targets),
+                                      jnp.asarray(weights))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = [sum(log_probs[b, t, targets[b, t]] for t in range(4) if weights[b, t])
+                for b in range(3)]
+    np.testing.assert_allclose(ll, expected, rtol=1e-5)
+    assert list(np.asarray(greedy)) == [True, False, True]
+
+
+@pytest.mark.parametrize("arch", ["cd", "nd", "ed"])
+def test_tiny_model_overfits_one_batch(arch):
+    cfg = tiny_config(arch)
+    rng = np.random.default_rng(10)
+    batch = decoder_batch(random_tokens(rng, (4, 12)), [4] * 4 if arch == "nd" else None)
+    if arch == "ed":
+        batch["encoder_input_tokens"] = random_tokens(rng, (4, 8))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    model, params = Transformer(cfg), init_params(cfg, jax.random.key(0))
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss_fn(p):
+            terms = losses.cross_entropy_with_z_loss(
+                model.apply({"params": p}, batch), batch["decoder_target_tokens"],
+                batch["decoder_loss_weights"])
+            return terms.loss / terms.weight
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = optimizer.init(params)
+    first = None
+    for _ in range(200):
+        params, opt_state, loss = step(params, opt_state)
+        first = float(loss) if first is None else first
+    assert first > 4.0  # about log(128) at initialisation
+    assert float(loss) < 0.2, f"{arch}: loss {first:.2f} -> {float(loss):.3f}"
