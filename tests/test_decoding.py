@@ -34,22 +34,25 @@ def reference_decode(config, params, prompts=None, encoder_input_tokens=None):
     apply = jax.jit(Transformer(config).apply)
     rows = (prompts if prompts is not None else encoder_input_tokens).shape[0]
     outputs = np.zeros((rows, MAX_DECODE), np.int32)
+    width = (0 if prompts is None else prompts.shape[1]) + MAX_DECODE + 1
     for row in range(rows):
         prompt = [] if prompts is None else [t for t in prompts[row] if t != PAD_ID]
         generated: list[int] = []
         for _ in range(MAX_DECODE):
             sequence = prompt + generated
             length = len(sequence) + 1
-            inputs = np.array([[0] + sequence], np.int32)
+            # One padded width for every step (one compile); padding (target 0) is masked out.
+            inputs = np.zeros((1, width), np.int32)
+            inputs[0, 1:length] = sequence
             # Targets only mark which positions are real (non-zero); their values are not read.
             batch = {"decoder_input_tokens": inputs,
-                     "decoder_target_tokens": np.full((1, length), 2, np.int32)}
+                     "decoder_target_tokens": (np.arange(width) < length).astype(np.int32)[None] * 2}
             if config.architecture == "nd":
                 batch["decoder_causal_attention"] = (
-                    np.arange(length) <= len(prompt)).astype(np.int32)[None]
+                    np.arange(width) <= len(prompt)).astype(np.int32)[None]
             if config.is_encoder_decoder:
                 batch["encoder_input_tokens"] = encoder_input_tokens[row:row + 1]
-            logits = np.array(apply({"params": params}, batch))[0, -1]
+            logits = np.array(apply({"params": params}, batch))[0, length - 1]
             logits[PAD_ID] = -np.inf
             token = int(np.argmax(logits))
             generated.append(token)
@@ -93,7 +96,7 @@ def test_rows_stop_after_eos():
     # Make EOS the favourite next token everywhere: boost its output embedding.
     embedding = params["token_embedder"]["embedding"]
     params["token_embedder"]["embedding"] = embedding.at[EOS_ID].set(embedding.sum(0) * 50)
-    out = np.asarray(greedy_decode(Transformer(config), params, 4,
-                                   inputs=jnp.asarray(random_tokens(np.random.default_rng(1),
-                                                                    (2, 3)))))
+    decode = jax.jit(functools.partial(greedy_decode, Transformer(config), max_decode_length=4))
+    out = np.asarray(decode(params, inputs=jnp.asarray(random_tokens(np.random.default_rng(1),
+                                                                     (2, 3)))))
     assert (out[:, 0] == EOS_ID).all() and (out[:, 1:] == PAD_ID).all()
