@@ -415,20 +415,21 @@ def _tree_differences(want: Mapping[str, tuple[int, ...]],
     wrong = [f"{k} {got[k]} != expected {want[k]}"
              for k in sorted(set(want) & set(got)) if got[k] != want[k]]
     if wrong:
-        parts.append("wrong shapes: " + _some(wrong))
+        parts.append("wrong shapes: " + abbreviate(wrong))
     return "; ".join(parts)
 
 
 def _name_differences(want: set[str], got: set[str]) -> str:
     parts = []
     if want - got:
-        parts.append("missing: " + _some(sorted(want - got)))
+        parts.append("missing: " + abbreviate(sorted(want - got)))
     if got - want:
-        parts.append("unexpected: " + _some(sorted(got - want)))
+        parts.append("unexpected: " + abbreviate(sorted(got - want)))
     return "; ".join(parts)
 
 
-def _some(names: list[str]) -> str:
+def abbreviate(names: list[str]) -> str:
+    """The first few of ``names``, comma-separated, with a count of the rest (for one-line errors)."""
     shown = ", ".join(names[:_MAX_NAMES])
     if len(names) > _MAX_NAMES:
         shown += f", ... and {len(names) - _MAX_NAMES} more"

@@ -61,7 +61,6 @@ _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weigh
 # Present in some old checkpoints but never used by T5 (transformers ignores it on load too).
 _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 
-_MAX_NAMES = 5
 
 
 class ConversionError(ValueError):
@@ -191,7 +190,7 @@ def hf_t5_state_dict_to_params(state_dict: Mapping[str, np.ndarray], config: Mod
     missing = _missing_names(state_dict, config, head_from_embedding)
     if missing:
         raise ConversionError(
-            f"state dict lacks {len(missing)} tensor(s) the config needs: {_some(missing)}")
+            f"state dict lacks {len(missing)} tensor(s) the config needs: {checkpoint.abbreviate(missing)}")
 
     def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
         used.add(name)
@@ -296,7 +295,7 @@ def hf_t5_state_dict_to_params(state_dict: Mapping[str, np.ndarray], config: Mod
     if unexpected:
         raise ConversionError(
             f"state dict has {len(unexpected)} tensor(s) a gated-GELU T5 with this config does not "
-            f"have: {_some(unexpected)}; check num_layers/num_decoder_layers and the model type")
+            f"have: {checkpoint.abbreviate(unexpected)}; check num_layers/num_decoder_layers and the model type")
 
     _check_against_model(params, config)
     return params
@@ -340,7 +339,7 @@ def _check_against_model(params: Any, config: ModelConfig) -> None:
     if want != got:
         wrong = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
         # A bug in this module, not in the user's checkpoint: say so.
-        raise AssertionError(f"converted tree does not match models.transformer: {_some(wrong)}")
+        raise AssertionError(f"converted tree does not match models.transformer: {checkpoint.abbreviate(wrong)}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -395,7 +394,7 @@ def read_hf_state_dict(src_dir: PathLike) -> dict[str, np.ndarray]:
         return state
     present = sorted(p.name for p in src.iterdir())
     raise ConversionError(
-        f"{src}: no weights found; expected one of {list(WEIGHT_FILES)}, found {_some(present)}")
+        f"{src}: no weights found; expected one of {list(WEIGHT_FILES)}, found {checkpoint.abbreviate(present)}")
 
 
 def _index_shards(index_path: pathlib.Path) -> list[pathlib.Path]:
@@ -409,7 +408,7 @@ def _index_shards(index_path: pathlib.Path) -> list[pathlib.Path]:
     shards = [index_path.parent / f for f in files]
     absent = [str(p.name) for p in shards if not p.is_file()]
     if absent:
-        raise ConversionError(f"{index_path}: lists shard(s) that are missing: {_some(absent)}")
+        raise ConversionError(f"{index_path}: lists shard(s) that are missing: {checkpoint.abbreviate(absent)}")
     return shards
 
 
@@ -507,10 +506,3 @@ def _record_source(dst: pathlib.Path, src: pathlib.Path, hf_config: Mapping[str,
     """Adds provenance to ``config.json`` (the harness keeps unknown top-level keys)."""
     checkpoint.update_config(dst, {"converted_from": {
         "format": "huggingface-t5", "path": str(src.resolve()), "hf_config": dict(hf_config)}})
-
-
-def _some(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_NAMES])
-    if len(names) > _MAX_NAMES:
-        shown += f", ... and {len(names) - _MAX_NAMES} more"
-    return shown

@@ -305,3 +305,18 @@ def test_refuses_destination_with_checkpoints(untied, tmp_path):
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
         convert.convert_hf_t5(src, tmp_path / "out")
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
+
+
+def test_cli_converts_and_reports(untied, tmp_path, capsys):
+    from harness import cli
+
+    _, root = untied
+    assert cli.main(["convert", "hf-t5", str(root / "safetensors"), str(tmp_path / "out"),
+                     "--dtype", "float32"]) == 0
+    assert "encoder-decoder, 2+3 layers, d_model 32, vocab 128, untied head" in capsys.readouterr().out
+    config, _ = load_model(tmp_path / "out")
+    assert config.dtype == "float32"
+    # Converting again into the same directory is refused in one line, leaving it intact.
+    assert cli.main(["convert", "hf-t5", str(root / "safetensors"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("archobj: error: ")
+    assert load_model(tmp_path / "out")[0] == config
