@@ -6,6 +6,9 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj model info PRESET [--arch A]        exact parameter count and training FLOPs per token
     archobj model bench PRESET [--arch A] ...   time a training step (PERF.md protocol)
     archobj convert hf-t5 SRC_DIR DST_DIR       Hugging Face T5 / T5-LM / T0 checkpoint -> archobj
+    archobj data preview --arch A --objective O --source PATH --vocab V   what the model is fed
+    archobj data bench --source PATH --vocab V  input-pipeline throughput per objective
+    archobj vocab train TEXT... --size N --out FILE   a local SentencePiece model with 100 sentinels
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from typing import Optional, Sequence
 # Kept in sync with models.config (a test checks it); duplicated so --help needs no imports.
 ARCHITECTURES = ("cd", "nd", "ed")
 PRESETS = ("tiny", "small", "base", "large", "paper-decoder", "paper-encdec")
+OBJECTIVES = ("flm", "plm", "mlm")
+# The study's six pretraining pairs (PAPER.md 1.2), in the paper's order.
+STUDY_PAIRS = (("cd", "flm"), ("cd", "mlm"), ("nd", "plm"), ("nd", "mlm"), ("ed", "plm"),
+               ("ed", "mlm"))
 
 
 def _model_config(args: argparse.Namespace, **overrides):
@@ -89,6 +96,71 @@ def _cmd_convert_hf_t5(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_spec(args: argparse.Namespace, architecture: str, objective: str):
+    from harness.data import DataSpec
+    return DataSpec(architecture=architecture, objective=objective, source=args.source,
+                    vocabulary=args.vocab, total_length=args.length, text_field=args.text_field,
+                    seed=args.seed)
+
+
+def _cmd_data_preview(args: argparse.Namespace) -> int:
+    from harness.data import describe_example, format_description, pretraining_batches
+    from objectives.vocab import load_vocabulary
+
+    spec = _data_spec(args, args.arch, args.objective)
+    vocabulary = load_vocabulary(args.vocab)
+    batch = next(pretraining_batches(spec, args.num_examples))
+    rows = [describe_example({k: v[i] for k, v in batch.items()}, vocabulary)
+            for i in range(args.num_examples)]
+    if args.json:
+        print(json.dumps({"architecture": args.arch, "objective": args.objective,
+                          "examples": rows}, indent=1))
+    else:
+        print(f"{args.arch}:{args.objective} from {args.source} ({args.vocab} vocabulary, "
+              f"{args.length} tokens per sequence)")
+        for i, row in enumerate(rows):
+            print(format_description(i, row))
+    return 0
+
+
+def _cmd_data_bench(args: argparse.Namespace) -> int:
+    from harness.data import measure_pipeline
+
+    pairs = [p for p in STUDY_PAIRS if (args.arch is None or p[0] in args.arch)
+             and (args.objective is None or p[1] in args.objective)]
+    print(f"{'pair':8s} {'examples/s':>11s} {'tokens/s':>11s} {'padding':>8s} {'startup s':>10s}"
+          f"   (batch {args.batch_size}, {args.batches} batches, {args.length} tokens/sequence)")
+    for arch, objective in pairs:
+        rate = measure_pipeline(_data_spec(args, arch, objective), args.batch_size, args.batches)
+        print(f"{arch}:{objective:5s} {rate.examples_per_second:11.1f} "
+              f"{rate.tokens_per_second:11,.0f} {rate.padding_fraction:8.1%} "
+              f"{rate.startup_seconds:10.1f}", flush=True)
+    return 0
+
+
+def _cmd_vocab_train(args: argparse.Namespace) -> int:
+    from objectives.vocab import NUM_SENTINELS, load_vocabulary, train_sentencepiece
+
+    path = train_sentencepiece(args.text, args.size, args.out)
+    vocabulary = load_vocabulary(str(path))
+    print(f"wrote {path}: {args.size} pieces + {NUM_SENTINELS} sentinels = "
+          f"{vocabulary.vocab_size} ids (pad 0, eos 1, unk 2)")
+    return 0
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="a local text file, directory of .txt/.jsonl, or .jsonl file; "
+                             "'c4' (TFDS) or 'c4-hf' for the real corpus")
+    parser.add_argument("--vocab", default="t5",
+                        help="'t5' (the study's SentencePiece; $ARCHOBJ_T5_SPM overrides its "
+                             "path), 'byte', or a SentencePiece .model file (default t5)")
+    parser.add_argument("--length", type=int, default=626,
+                        help="tokens per sequence seen (default 626, the study's)")
+    parser.add_argument("--text-field", default="text", help="JSONL text field (default text)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archobj",
@@ -141,6 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
     hf_t5.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                        help="compute dtype recorded in the converted config")
     hf_t5.set_defaults(handler=_cmd_convert_hf_t5)
+
+    data = commands.add_parser("data", help="inspect and time the pretraining input pipelines")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    preview = data_commands.add_parser(
+        "preview", help="print examples as the model sees them: decoded text and feature arrays")
+    preview.add_argument("--arch", choices=ARCHITECTURES, required=True)
+    preview.add_argument("--objective", choices=OBJECTIVES, required=True)
+    _add_data_arguments(preview)
+    preview.add_argument("--num-examples", type=int, default=2)
+    preview.add_argument("--json", action="store_true", help="print JSON")
+    preview.set_defaults(handler=_cmd_data_preview)
+    data_bench = data_commands.add_parser(
+        "bench", help="examples/s and tokens/s of each objective's pipeline on this machine")
+    _add_data_arguments(data_bench)
+    data_bench.add_argument("--arch", choices=ARCHITECTURES, action="append",
+                            help="restrict to these architectures (repeatable)")
+    data_bench.add_argument("--objective", choices=OBJECTIVES, action="append",
+                            help="restrict to these objectives (repeatable)")
+    data_bench.add_argument("--batch-size", type=int, default=32)
+    data_bench.add_argument("--batches", type=int, default=20)
+    data_bench.set_defaults(handler=_cmd_data_bench)
+
+    vocab = commands.add_parser("vocab", help="vocabularies")
+    vocab_commands = vocab.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)
+    train = vocab_commands.add_parser(
+        "train", help="train a SentencePiece model (T5 ids: pad 0, eos 1, unk 2; + 100 sentinels)")
+    train.add_argument("text", nargs="+", help="text files, .jsonl files or directories")
+    train.add_argument("--size", type=int, required=True, help="pieces, before the sentinels")
+    train.add_argument("--out", required=True, help="output .model path")
+    train.set_defaults(handler=_cmd_vocab_train)
     return parser
 
 
