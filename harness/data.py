@@ -75,6 +75,7 @@ def build_dataset(spec: DataSpec, *, batch_size: Optional[int] = None, split: st
     Validates everything the user typed (pair, source, vocabulary, lengths) before TensorFlow builds
     any graph, raising one-line ``ValueError`` s.
     """
+    hide_gpus_from_tensorflow()  # before seqio or anything else touches TensorFlow's devices
     from objectives import lengths as objective_lengths
     from objectives import sources, tasks, vocab
 
@@ -85,7 +86,6 @@ def build_dataset(spec: DataSpec, *, batch_size: Optional[int] = None, split: st
     source = sources.make_data_source(sources.parse_source(spec.source, spec.text_field))
     feature_lengths = objective_lengths.task_feature_lengths(
         spec.objective, spec.architecture, total_length=spec.total_length)
-    hide_gpus_from_tensorflow()
     import seqio
 
     task_name = tasks.register_pretraining_task(spec.objective, spec.architecture, source,

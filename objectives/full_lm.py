@@ -39,11 +39,12 @@ segment boundary there.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Mapping
 
 import seqio
 from t5.data import preprocessors as t5_preprocessors
+
+from objectives import text
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> Mapping[str, seqio.Feature]:
@@ -58,8 +59,6 @@ def preprocessors(text_key: str = "text") -> list[Callable]:
       text_key: the source's text feature.
     """
     return [
-        functools.partial(t5_preprocessors.rekey, key_map={"inputs": None, "targets": text_key}),
-        seqio.preprocessors.tokenize,
-        seqio.CacheDatasetPlaceholder(),
+        *text.tokenized_text(text_key),
         t5_preprocessors.full_lm,
     ]

@@ -65,6 +65,7 @@ import seqio
 from t5.data import preprocessors as t5_preprocessors
 
 from objectives import lengths as lengths_lib
+from objectives import text
 
 
 def output_features(architecture: str, vocabulary: seqio.Vocabulary
@@ -93,9 +94,7 @@ def preprocessors(architecture: str, text_key: str = "text") -> list[Callable]:
     pack = (t5_preprocessors.pack_prefix_lm_decoder_only if architecture == "nd"
             else t5_preprocessors.pack_prefix_lm_encoder_decoder)
     return [
-        functools.partial(t5_preprocessors.rekey, key_map={"inputs": None, "targets": text_key}),
-        seqio.preprocessors.tokenize,
-        seqio.CacheDatasetPlaceholder(),
+        *text.tokenized_text(text_key),
         t5_preprocessors.targets_for_prefix_lm_objective,
         pack,
     ]

@@ -44,6 +44,7 @@ import seqio
 from t5.data import preprocessors as t5_preprocessors
 
 from objectives import lengths as lengths_lib
+from objectives import text
 
 
 def check_vocabulary(vocabulary: seqio.Vocabulary,
@@ -88,9 +89,7 @@ def preprocessors(text_key: str = "text") -> list[Callable]:
       text_key: the source's text feature.
     """
     return [
-        functools.partial(t5_preprocessors.rekey, key_map={"inputs": None, "targets": text_key}),
-        seqio.preprocessors.tokenize,
-        seqio.CacheDatasetPlaceholder(),
+        *text.tokenized_text(text_key),
         # The t5 defaults, spelled out: these two numbers are the study's MLM (PAPER.md 1.2).
         functools.partial(t5_preprocessors.span_corruption,
                           noise_density=lengths_lib.NOISE_DENSITY,

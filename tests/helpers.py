@@ -47,3 +47,12 @@ def decoder_batch(targets: np.ndarray, prefix_lengths=None, segment_ids=None,
 def random_tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int = 128) -> np.ndarray:
     """Token ids in [2, vocab): never padding (0) or EOS (1)."""
     return rng.integers(2, vocab, size=shape).astype(np.int32)
+
+
+def assert_one_line_error(excinfo, *needles: str) -> str:
+    """The raised error's message is one line and contains every needle (paths, field names...)."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message

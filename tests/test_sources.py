@@ -15,6 +15,8 @@ import seqio
 from objectives import sources
 from objectives.sources import SourceConfig, SourceError, make_data_source, parse_source
 
+from helpers import assert_one_line_error
+
 WORDS = "a long document about language models that learn to predict the next word".split()
 
 
@@ -40,14 +42,6 @@ def _read_text(path: pathlib.Path) -> list[str]:
 def _read_jsonl(path: pathlib.Path, field: str) -> list[str]:
     records = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
     return [record[field] for record in records]
-
-
-def _one_line_error(excinfo, *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +187,7 @@ def test_bad_local_corpora_raise_one_line_naming_the_path(tmp_path, monkeypatch,
     with pytest.raises(SourceError) as excinfo:
         make_data_source(parse_source(str(path)))
     assert isinstance(excinfo.value, ValueError)
-    _one_line_error(excinfo, str(path), *needles)
+    assert_one_line_error(excinfo, str(path), *needles)
 
 
 def test_large_corpora_check_only_a_prefix_eagerly(tmp_path, monkeypatch):
@@ -272,7 +266,7 @@ def test_c4_tfds_source_is_lazy_and_yields_only_text(monkeypatch, tmp_path):
         assert tuple(source.splits) == sources.SPLITS
     with pytest.raises(SourceError) as excinfo:
         make_data_source(SourceConfig(kind="c4-tfds", path=str(tmp_path / "absent")))
-    _one_line_error(excinfo, str(tmp_path / "absent"), "no such directory")
+    assert_one_line_error(excinfo, str(tmp_path / "absent"), "no such directory")
     # tfds.testing.mock_data fakes the reads from the c4 builder's own feature spec, offline.
     source = make_data_source(parse_source("c4"))
     with tfds.testing.mock_data(num_examples=6):

@@ -13,6 +13,8 @@ from objectives import sources, vocab
 from objectives.vocab import (NUM_SENTINELS, T5_SPM_PATH, VocabularyError, load_vocabulary,
                               model_vocab_size, require_sentinels, train_sentencepiece)
 
+from helpers import assert_one_line_error
+
 SIZE = 200  # pieces of the test model, before the sentinels
 SYLLABLES = ("ka", "to", "ri", "mu", "se", "lan", "gor", "pi", "ven", "da", "qu", "ex", "zo",
              "bel", "tra", "nis", "the", "and", "of")
@@ -23,14 +25,6 @@ def _corpus_lines(seed: int = 0, n: int = 300) -> list[str]:
     rng = np.random.default_rng(seed)
     words = ["".join(rng.choice(SYLLABLES, size=rng.integers(1, 5))) for _ in range(400)]
     return [" ".join(rng.choice(words, size=rng.integers(5, 30))) for _ in range(n)]
-
-
-def _one_line_error(excinfo, *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def test_byte_vocabulary_sentinels_do_not_collide_with_bytes():
     assert bare.vocab_size - 1 == 255 + 3
     with pytest.raises(VocabularyError) as excinfo:
         require_sentinels(bare)
-    _one_line_error(excinfo, "'byte'", "span corruption (MLM)", "extra_ids=0")
+    assert_one_line_error(excinfo, "'byte'", "span corruption (MLM)", "extra_ids=0")
 
 
 def test_trained_model_has_t5_ids_and_sentinels_on_top(model_path):
@@ -84,7 +78,7 @@ def test_trained_model_has_t5_ids_and_sentinels_on_top(model_path):
     require_sentinels(spm, needed=NUM_SENTINELS)
     with pytest.raises(VocabularyError) as excinfo:
         require_sentinels(spm, needed=NUM_SENTINELS + 1, what="a greedy objective")
-    _one_line_error(excinfo, str(model_path), "a greedy objective")
+    assert_one_line_error(excinfo, str(model_path), "a greedy objective")
 
 
 def test_training_is_deterministic_and_reads_jsonl_and_directories(text_file, model_path,
@@ -121,22 +115,22 @@ def test_t5_vocabulary_loads_lazily_and_can_point_at_a_local_copy(model_path, mo
     monkeypatch.setenv(vocab.T5_SPM_ENV, str(model_path.parent / "missing.model"))
     with pytest.raises(VocabularyError) as excinfo:
         load_vocabulary("t5")
-    _one_line_error(excinfo, vocab.T5_SPM_ENV, "missing.model", "archobj vocab train")
+    assert_one_line_error(excinfo, vocab.T5_SPM_ENV, "missing.model", "archobj vocab train")
 
 
 def test_bad_vocabulary_files_raise_one_line_naming_the_path(text_file, tmp_path):
     missing = tmp_path / "nope.model"
     with pytest.raises(VocabularyError) as excinfo:
         load_vocabulary(str(missing))
-    _one_line_error(excinfo, str(missing), "no such file", "archobj vocab train")
+    assert_one_line_error(excinfo, str(missing), "no such file", "archobj vocab train")
     with pytest.raises(VocabularyError) as excinfo:
         load_vocabulary(str(tmp_path))
-    _one_line_error(excinfo, str(tmp_path), "directory")
+    assert_one_line_error(excinfo, str(tmp_path), "directory")
     corrupt = tmp_path / "corrupt.model"
     corrupt.write_bytes(b"\x00not a sentencepiece model\xff" * 4)
     with pytest.raises(VocabularyError) as excinfo:
         load_vocabulary(str(corrupt))
-    _one_line_error(excinfo, str(corrupt), "not a SentencePiece model", "archobj vocab train")
+    assert_one_line_error(excinfo, str(corrupt), "not a SentencePiece model", "archobj vocab train")
     # SentencePiece's own defaults (unk 0, bos 1, eos 2): seqio would read every <unk> as padding.
     import sentencepiece
     default_ids = tmp_path / "default_ids.model"
@@ -145,11 +139,11 @@ def test_bad_vocabulary_files_raise_one_line_naming_the_path(text_file, tmp_path
         num_threads=1, minloglevel=2)
     with pytest.raises(VocabularyError) as excinfo:
         load_vocabulary(str(default_ids))
-    _one_line_error(excinfo, str(default_ids), "pad id -1", "eos id 2")
+    assert_one_line_error(excinfo, str(default_ids), "pad id -1", "eos id 2")
     # A vocabulary built by hand without sentinels is caught before span corruption uses it.
     with pytest.raises(VocabularyError) as excinfo:
         require_sentinels(seqio.SentencePieceVocabulary(str(default_ids), extra_ids=0))
-    _one_line_error(excinfo, str(default_ids), "span corruption (MLM)")
+    assert_one_line_error(excinfo, str(default_ids), "span corruption (MLM)")
 
 
 def test_bad_training_inputs_raise_one_line(text_file, tmp_path):
@@ -158,14 +152,14 @@ def test_bad_training_inputs_raise_one_line(text_file, tmp_path):
     blank.write_text("\n  \n\n")
     with pytest.raises(VocabularyError) as excinfo:
         train_sentencepiece([blank], SIZE, out)
-    _one_line_error(excinfo, str(blank), "no text")
+    assert_one_line_error(excinfo, str(blank), "no text")
     with pytest.raises(VocabularyError) as excinfo:
         train_sentencepiece([text_file], 50_000, out)
-    _one_line_error(excinfo, "--size 50000", "too large", "lower --size")
+    assert_one_line_error(excinfo, "--size 50000", "too large", "lower --size")
     with pytest.raises(sources.SourceError) as excinfo:
         train_sentencepiece([tmp_path / "absent.txt"], SIZE, out)
-    _one_line_error(excinfo, "absent.txt", "no such file")
+    assert_one_line_error(excinfo, "absent.txt", "no such file")
     with pytest.raises(VocabularyError) as excinfo:
         train_sentencepiece([text_file], SIZE, tmp_path / "out.spm")
-    _one_line_error(excinfo, "out.spm", ".model")
+    assert_one_line_error(excinfo, "out.spm", ".model")
     assert not out.exists() and not out.with_suffix(".vocab").exists()  # nothing half-written
