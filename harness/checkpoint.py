@@ -98,10 +98,10 @@ def save_model(directory: PathLike, config: ModelConfig, params: Any,
 
     # config.json first: a crash between the two writes leaves a config without checkpoints (which
     # load_model reports clearly), never a checkpoint without the config needed to read it.
-    document = _updated_config_document(directory, config, existing_steps)
+    document = updated_config_document(directory, config, existing_steps)
     directory.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        _write_json_atomically(directory / CONFIG_FILE, document)
+        write_json_atomically(directory / CONFIG_FILE, document)
 
     # Synchronous saving: the caller gets a finished, committed step back (orbax writes into a
     # temporary directory and renames it, so an interrupted save never looks like a valid step).
@@ -160,7 +160,7 @@ def load_model(directory: PathLike, step: Optional[int] = None,
         # tensorstore errors) for damaged files; all of them mean the same thing to the caller.
         except Exception as e:  # pylint: disable=broad-exception-caught
             raise CheckpointError(
-                f"{step_dir}: cannot restore the parameters ({_one_line(e)}); the step is corrupt "
+                f"{step_dir}: cannot restore the parameters ({one_line(e)}); the step is corrupt "
                 f"or truncated: load another step (available: {steps}) or re-save it") from e
     return config, restored[PARAMS_ITEM]
 
@@ -195,7 +195,7 @@ def update_config(directory: PathLike, entries: Mapping[str, Any]) -> None:
     document = _read_config_document(path, required=True)
     document.update(entries)
     if jax.process_index() == 0:
-        _write_json_atomically(path, document)
+        write_json_atomically(path, document)
 
 
 def available_steps(directory: PathLike) -> list[int]:
@@ -220,7 +220,7 @@ def _read_config_document(path: pathlib.Path, required: bool) -> Optional[dict[s
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(
-            f"{path}: not valid JSON ({_one_line(e)}); restore the file or re-save the model"
+            f"{path}: not valid JSON ({one_line(e)}); restore the file or re-save the model"
         ) from e
     if not isinstance(document, dict):
         raise CheckpointError(
@@ -242,10 +242,10 @@ def _model_config_from_document(document: Mapping[str, Any], path: pathlib.Path)
     try:
         return ModelConfig.from_dict(values)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid {MODEL_KEY!r} entry: {_one_line(e)}") from e
+        raise CheckpointError(f"{path}: invalid {MODEL_KEY!r} entry: {one_line(e)}") from e
 
 
-def _updated_config_document(directory: pathlib.Path, config: ModelConfig,
+def updated_config_document(directory: pathlib.Path, config: ModelConfig,
                              existing_steps: list[int]) -> dict[str, Any]:
     """The ``config.json`` content to write: the existing document with ``model`` set."""
     path = directory / CONFIG_FILE
@@ -264,7 +264,7 @@ def _updated_config_document(directory: pathlib.Path, config: ModelConfig,
     return document
 
 
-def _write_json_atomically(path: pathlib.Path, document: Mapping[str, Any]) -> None:
+def write_json_atomically(path: pathlib.Path, document: Mapping[str, Any]) -> None:
     # Write-then-rename: a crash mid-write must not leave a truncated config.json behind.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -329,21 +329,21 @@ def _stored_params_metadata(manager: ocp.CheckpointManager, step: int, step_dir:
         tree = metadata.tree if hasattr(metadata, "tree") else metadata
         if tree is None:
             raise ValueError(f"no {PARAMS_ITEM!r} item")
-        return {_path_str(path): tuple(leaf.shape)
+        return {path_str(path): tuple(leaf.shape)
                 for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
     # As in load_model: whatever orbax raises on a damaged step means "cannot be read".
     except Exception as e:  # pylint: disable=broad-exception-caught
         raise CheckpointError(
-            f"{step_dir}: cannot read the checkpoint's metadata ({_one_line(e)}); the step is "
+            f"{step_dir}: cannot read the checkpoint's metadata ({one_line(e)}); the step is "
             f"corrupt or truncated: load another step (available: {steps}) or re-save it") from e
 
 
 def _check_stored_tree(stored: Mapping[str, tuple[int, ...]], expected: Any,
                        step_dir: pathlib.Path, config_path: pathlib.Path) -> None:
     """Raises if the stored parameter names/shapes are not those of the config's model."""
-    want = {_path_str(path): tuple(leaf.shape)
+    want = {path_str(path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    problems = _tree_differences(want, stored)
+    problems = tree_differences(want, stored)
     if problems:
         raise CheckpointError(
             f"{step_dir}: the stored parameters do not match the model in {config_path} "
@@ -359,10 +359,10 @@ def _restore_target(expected: Any, shardings: Any, directory: pathlib.Path) -> A
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings), expected)
     # Boxed shardings (from a boxed abstract tree) would otherwise be leaves of the wrong type.
     shardings = nn.meta.unbox(shardings)
-    want = {_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    want = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(expected)[0]}
     flat, _ = jax.tree_util.tree_flatten_with_path(
         shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    got = {_path_str(p) for p, _ in flat}
+    got = {path_str(p) for p, _ in flat}
     if want != got or not all(isinstance(s, jax.sharding.Sharding) for _, s in flat):
         detail = _name_differences(want, got) or "some leaves are not jax.sharding.Sharding"
         raise CheckpointError(
@@ -379,14 +379,14 @@ def _restore_target(expected: Any, shardings: Any, directory: pathlib.Path) -> A
 
 def _check_params_match(params: Any, config: ModelConfig, where: str) -> None:
     """Raises if ``params`` does not have exactly the names and shapes of ``config``'s model."""
-    want = {_path_str(path): tuple(leaf.shape)
+    want = {path_str(path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]}
     try:
-        got = {_path_str(path): tuple(np.shape(leaf))
+        got = {path_str(path): tuple(np.shape(leaf))
                for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: params is not a tree of arrays ({_one_line(e)})") from e
-    problems = _tree_differences(want, got)
+        raise CheckpointError(f"{where}: params is not a tree of arrays ({one_line(e)})") from e
+    problems = tree_differences(want, got)
     if problems:
         hint = ""
         if set(got) and all(name.startswith("params/") for name in got):
@@ -405,7 +405,7 @@ def _cast_params(params: Any, dtype: np.dtype) -> Any:
     return jax.tree.map(cast, params)
 
 
-def _tree_differences(want: Mapping[str, tuple[int, ...]],
+def tree_differences(want: Mapping[str, tuple[int, ...]],
                       got: Mapping[str, tuple[int, ...]]) -> str:
     """Missing/unexpected names and wrong shapes, as one short phrase ('' if identical)."""
     parts = []
@@ -436,7 +436,7 @@ def abbreviate(names: list[str]) -> str:
     return shown
 
 
-def _path_str(path: tuple[Any, ...]) -> str:
+def path_str(path: tuple[Any, ...]) -> str:
     """``('decoder', 'layers', 'mlp', 'wo')`` key path -> ``'decoder/layers/mlp/wo'``."""
     parts = []
     for key in path:
@@ -449,7 +449,7 @@ def _path_str(path: tuple[Any, ...]) -> str:
     return "/".join(parts)
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
+def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception as one short line (orbax/tensorstore messages span many lines)."""
     text = " ".join(str(error).split()) or type(error).__name__
     if len(text) > limit:
