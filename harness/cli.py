@@ -9,6 +9,7 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj data preview --arch A --objective O --source PATH --vocab V   what the model is fed
     archobj data bench --source PATH --vocab V  input-pipeline throughput per objective
     archobj vocab train TEXT... --size N --out FILE   a local SentencePiece model with 100 sentinels
+    archobj train [CONFIG.yaml] [--set key=value ...]  run or resume one training stage
 """
 
 from __future__ import annotations
@@ -148,6 +149,20 @@ def _cmd_vocab_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from harness import config as config_lib
+    from harness.loop import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = config_lib.load_config(args.config, args.set or ())
+    result = run(config)
+    print(f"{config.name}: steps {result.first_step}..{result.last_step} done in {result.run_dir}"
+          + (f"; final loss {result.losses[-1]:.4f}" if result.losses else ""))
+    return 0
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="a local text file, directory of .txt/.jsonl, or .jsonl file; "
@@ -243,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--size", type=int, required=True, help="pieces, before the sentinels")
     train.add_argument("--out", required=True, help="output .model path")
     train.set_defaults(handler=_cmd_vocab_train)
+
+    stage = commands.add_parser(
+        "train", help="run one training stage (pretrain, adapt, finetune) into its run directory; "
+                      "re-running resumes from the newest checkpoint")
+    stage.add_argument("config", nargs="?", help="YAML run config (default: the study's defaults)")
+    stage.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.steps=100 (repeatable)")
+    stage.set_defaults(handler=_cmd_train)
     return parser
 
 

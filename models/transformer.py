@@ -260,9 +260,16 @@ def init_params(config: ModelConfig, rng: jax.Array) -> Any:
 
 
 def abstract_params(config: ModelConfig) -> Any:
-    """Parameter shapes and dtypes (``jax.ShapeDtypeStruct``), computed without allocating."""
+    """Parameter shapes and dtypes (``jax.ShapeDtypeStruct``), computed without allocating.
+
+    Safe inside a mesh context: the logical-partitioning boxes are opened without applying sharding
+    constraints (which abstract values cannot take).
+    """
     abstract = jax.eval_shape(init_fn(config), jax.random.key(0))
-    return nn.meta.unbox(abstract)["params"]
+    return jax.tree.map(lambda leaf: leaf.unbox(apply_constraint=False)
+                        if isinstance(leaf, nn.meta.AxisMetadata) else leaf,
+                        abstract, is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata)
+                        )["params"]
 
 
 def count_params(config: ModelConfig) -> int:

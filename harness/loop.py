@@ -1,0 +1,284 @@
+"""One training stage: a ``RunConfig`` in, a run directory out (STYLE.md B1, B2.5-B2.7).
+
+    runs/<name>/config.json      the fully resolved config, written before step 0
+    runs/<name>/metrics.jsonl    one JSON object per logged step
+    runs/<name>/checkpoints/     params + optimizer state + meta (step, rng, data position)
+
+Stages (PAPER.md 1.3):
+  pretrain   parameters from scratch.
+  adapt      parameters from ``stage.init_from`` (another run directory); the architecture may switch
+             between cd and nd (same parameter tree) and the objective may change: LM-adaptation of
+             nd:mlm into cd:flm, non-causal MLM adaptation of cd:flm into nd:mlm.
+  finetune   parameters from ``stage.init_from``, multitask data.
+The optimizer state starts fresh when a stage starts from another run, unless ``optim.carry_state``.
+
+Resume is exact: a stage restarted in the same run directory restores parameters, optimizer state,
+step and RNG from the newest restorable checkpoint, and its data stream restarts at that step
+(``harness/data.py``), so the losses continue bit for bit as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+import time
+from typing import Any, Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec
+
+from harness import config as config_lib
+from harness.checkpoint import load_model, read_config, tree_differences
+from harness.optim import make_optimizer, make_schedule
+from harness.state import TrainState, create_train_state, state_shardings
+from harness.steps import make_train_step
+from harness.train_checkpoint import TrainCheckpointer, rng_from_meta
+from models import flops as flops_lib
+from models import sharding
+from models.transformer import Transformer, init_fn
+from models.transformer import abstract_params as models_abstract_params
+
+log = logging.getLogger("archobj.train")
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient became NaN or infinite; the bad update was not applied or saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a finished (or resumed-and-finished) stage reports."""
+
+    run_dir: pathlib.Path
+    first_step: int            # the step this invocation started from (0, or the resumed step)
+    last_step: int
+    losses: list[float]        # per step of this invocation, in order
+    skipped_checkpoints: tuple  # damaged checkpoints skipped on restore: ((step, reason), ...)
+
+
+def _flops_per_row(config: config_lib.RunConfig) -> float:
+    """Analytic training FLOPs of one row of this stage's batches (PERF.md; models/flops.py)."""
+    model = config.model_config()
+    lengths = config.task_lengths()
+    if model.is_encoder_decoder:
+        inputs = lengths.get("inputs", lengths.get("encoder_input_tokens", 0))
+        targets = lengths.get("targets", lengths.get("decoder_target_tokens", 0))
+        return flops_lib.encoder_decoder_flops(model, inputs, targets).total
+    total = sum(lengths.get(k, 0) for k in ("inputs", "targets")) or lengths["targets"]
+    prefix = lengths.get("inputs", total // 2 if config.data.objective == "plm" else 0)
+    return flops_lib.decoder_only_flops(model, total, prefix if model.architecture == "nd" else 0
+                                        ).total
+
+
+def _batches(config: config_lib.RunConfig, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
+    from harness.data import DataSpec, pretraining_batches
+
+    if config.data.objective == "mtf":
+        raise ValueError("data.objective='mtf': multitask-finetuning batches are not wired into "
+                         "the training loop yet; train pretraining or adaptation stages")
+    spec = DataSpec(architecture=config.model.architecture, objective=config.data.objective,
+                    source=config.data.source, vocabulary=config.data.vocabulary,
+                    total_length=config.data.total_length, text_field=config.data.text_field,
+                    seed=config.data.seed, pack=config.data.pack)
+    return pretraining_batches(spec, config.train.batch_size, start_step=start_step,
+                               host_index=jax.process_index(), num_hosts=jax.process_count())
+
+
+def _initial_params(config: config_lib.RunConfig, abstract_params: Any, param_shardings: Any,
+                    mesh: Any) -> Any:
+    """Parameters for step 0: fresh (pretrain) or from ``stage.init_from`` (adapt, finetune)."""
+    if config.stage.init_from is None:
+        variables, _ = sharding.init_sharded(init_fn(config.model_config()),
+                                             jax.random.key(config.train.seed), mesh)
+        return variables["params"]
+    # Compare the trees from the stored config before reading any weights: cd and nd share one
+    # tree (the study's adaptations switch between them); anything else must match exactly.
+    stored_config = read_config(config.stage.init_from)
+    want = {p: tuple(l.shape) for p, l in _flat(abstract_params).items()}
+    got = {p: tuple(l.shape) for p, l in _flat(models_abstract_params(stored_config)).items()}
+    if want != got:
+        raise ValueError(
+            f"stage.init_from={config.stage.init_from}: its {stored_config.architecture} parameter "
+            f"tree does not fit the {config.model.architecture} model: {tree_differences(want, got)}")
+    _, params = load_model(config.stage.init_from, step=config.stage.init_step,
+                           shardings=param_shardings)
+    return params
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class _MetricsWriter:
+    """``metrics.jsonl`` (appended, so a resumed run continues the file) plus TensorBoard."""
+
+    def __init__(self, run_dir: pathlib.Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.file = open(run_dir / METRICS_FILE, "a") if enabled else None
+        self.tensorboard = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
+                pass
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageResult:
+    """Runs (or resumes) one training stage; see the module docstring."""
+    config_lib.validate(config, jax.device_count())
+    run_dir = pathlib.Path(config.run_dir)
+    model_config = config.model_config()
+    train, optim = config.train, config.optim
+    schedule = make_schedule(optim.schedule, optim.learning_rate, optim.warmup_steps, train.steps)
+    optimizer = make_optimizer(optim.name, schedule, decay_rate=optim.decay_rate,
+                               weight_decay=optim.weight_decay, beta1=optim.beta1,
+                               beta2=optim.beta2, grad_clip=optim.grad_clip)
+    is_main = jax.process_index() == 0
+    if is_main:
+        config_lib.write_resolved(config)
+    mesh = sharding.make_mesh(*config.mesh.shape(jax.device_count()))
+    losses: list[float] = []
+
+    # Shapes and shardings, computed before entering the mesh context: unboxing there would try to
+    # apply sharding constraints to abstract values.
+    abstract = jax.eval_shape(init_fn(model_config), jax.random.key(0))
+    param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
+    abstract_params = nn.meta.unbox(abstract)["params"]
+
+    with sharding.mesh_context(mesh):
+        shardings = state_shardings(param_shardings, optimizer, abstract_params, mesh)
+        checkpointer = TrainCheckpointer(
+            run_dir, every=config.checkpoint.every, keep=config.checkpoint.keep,
+            keep_steps=config.checkpoint.keep_steps, async_save=config.checkpoint.async_save,
+            model_config=model_config)
+        make_state = jax.jit(lambda p: create_train_state(p, optimizer), out_shardings=shardings)
+        skipped: tuple = ()
+        if not checkpointer.is_empty():
+            abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+            start, params, opt_state, meta = checkpointer.restore(
+                abstract_params=abstract_params, abstract_opt_state=abstract_opt,
+                shardings={"params": shardings.params, "opt_state": shardings.opt_state})
+            skipped = checkpointer.last_restore.skipped
+            for step, reason in skipped:
+                log.warning("checkpoint %d could not be restored (%s); resumed from %d",
+                            step, reason, start)
+            state = TrainState(step=jax.device_put(jnp.int32(meta["state_step"]), shardings.step),
+                               params=params, opt_state=opt_state)
+            rng, tokens_seen = rng_from_meta(meta), int(meta["tokens_seen"])
+            log.info("resumed %s at step %d", run_dir, start)
+        else:
+            start, rng, tokens_seen = 0, jax.random.key(train.seed), 0
+            state = make_state(_initial_params(config, abstract_params, param_shardings, mesh))
+
+        batch_sharding = NamedSharding(mesh, PartitionSpec(sharding.DATA))
+        step_fn = jax.jit(
+            make_train_step(Transformer(model_config, enable_dropout=True), optimizer, schedule,
+                            z_loss=train.z_loss, loss_normalization=train.loss_normalization,
+                            num_microbatches=train.microbatches),
+            in_shardings=(shardings, batch_sharding, None), out_shardings=(shardings, None),
+            donate_argnums=0)
+        writer = _MetricsWriter(run_dir, is_main)
+        bar = _progress_bar(start, train.steps, progress)
+        flops_per_step = _flops_per_row(config) * train.batch_size
+        batches = _batches(config, start)
+        pending: Optional[tuple[int, Any, int]] = None  # (step, metrics, tokens seen), one step late
+        window_start, window_tokens = time.perf_counter(), 0
+
+        def finish(step: int, metrics: Any, seen_so_far: int) -> None:
+            """Host side of ``step`` (1-based): finiteness, logging. Runs one step late."""
+            nonlocal window_start, window_tokens
+            values = jax.device_get(metrics)
+            if not values["finite"]:
+                raise NonFiniteError(
+                    f"step {step}: loss or gradient is not finite (loss={float(values['loss'])}, "
+                    f"grad_norm={float(values['grad_norm'])}); the update was not applied and no "
+                    f"checkpoint after step {step - 1} was written; lower optim.learning_rate or "
+                    "restart from the last checkpoint")
+            losses.append(float(values["loss"]))
+            if step % train.log_every == 0 or step == train.steps:
+                elapsed = time.perf_counter() - window_start
+                steps_in_window = min(train.log_every, step - start) or 1
+                record = {"step": step, "tokens_seen": seen_so_far,
+                          **{k: float(v) for k, v in values.items() if k != "tokens_seen"},
+                          "step_seconds": elapsed / steps_in_window,
+                          "tokens_per_second": window_tokens / elapsed,
+                          "model_flops_per_second": flops_per_step * steps_in_window / elapsed}
+                writer.write(record)
+                bar.update(step, record)
+                window_start, window_tokens = time.perf_counter(), 0
+
+        try:
+            for step in range(start, train.steps):
+                batch = next(batches)
+                seen = sum(int(np.count_nonzero(batch[k])) for k in
+                           ("decoder_target_tokens", "encoder_input_tokens") if k in batch)
+                state, metrics = step_fn(state, jax.device_put(dict(batch), batch_sharding), rng)
+                if pending is not None:
+                    finish(*pending)
+                tokens_seen += seen * jax.process_count()
+                window_tokens += seen * jax.process_count()
+                pending = (step + 1, metrics, tokens_seen)
+                if checkpointer.should_save(step + 1) or step + 1 == train.steps:
+                    finish(*pending)  # never checkpoint a state whose update was rejected
+                    pending = None
+                    checkpointer.save(step + 1, state.params, state.opt_state,
+                                      {"rng": rng, "tokens_seen": tokens_seen,
+                                       "state_step": int(state.step)})
+            if pending is not None:
+                finish(*pending)
+        finally:
+            checkpointer.close()
+            writer.close()
+            bar.close()
+    return StageResult(run_dir=run_dir, first_step=start, last_step=train.steps, losses=losses,
+                       skipped_checkpoints=skipped)
+
+
+class _progress_bar:
+    """tqdm with ETA on a terminal; plain log lines otherwise."""
+
+    def __init__(self, start: int, total: int, enabled: Optional[bool]) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        if self.enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        self.last = start
+
+    def update(self, step: int, record: Mapping[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_second']:,.0f}")
+        else:
+            log.info("step %d loss %.4f lr %.3g %.0f tokens/s", step, record["loss"],
+                     record["learning_rate"], record["tokens_per_second"])
+        self.last = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
