@@ -190,9 +190,10 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             state = TrainState(step=jax.device_put(jnp.int32(meta["state_step"]), shardings.step),
                                params=params, opt_state=opt_state)
             rng, tokens_seen = rng_from_meta(meta), int(meta["tokens_seen"])
+            tokens_trained = float(meta.get("tokens_trained", 0.0))
             log.info("resumed %s at step %d", run_dir, start)
         else:
-            start, rng, tokens_seen = 0, jax.random.key(train.seed), 0
+            start, rng, tokens_seen, tokens_trained = 0, jax.random.key(train.seed), 0, 0.0
             state = make_state(_initial_params(config, abstract_params, param_shardings, mesh))
 
         batch_sharding = NamedSharding(mesh, PartitionSpec(sharding.DATA))
@@ -211,7 +212,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
 
         def finish(step: int, metrics: Any, seen_so_far: int) -> None:
             """Host side of ``step`` (1-based): finiteness, logging. Runs one step late."""
-            nonlocal window_start, window_tokens
+            nonlocal window_start, window_tokens, tokens_trained
             values = jax.device_get(metrics)
             if not values["finite"]:
                 raise NonFiniteError(
@@ -220,11 +221,13 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                     f"checkpoint after step {step - 1} was written; lower optim.learning_rate or "
                     "restart from the last checkpoint")
             losses.append(float(values["loss"]))
+            tokens_trained += float(values["tokens_trained"])  # cumulative, like tokens_seen
             if step % train.log_every == 0 or step == train.steps:
                 elapsed = time.perf_counter() - window_start
                 steps_in_window = min(train.log_every, step - start) or 1
-                record = {"step": step, "tokens_seen": seen_so_far,
-                          **{k: float(v) for k, v in values.items() if k != "tokens_seen"},
+                record = {**{k: float(v) for k, v in values.items()},
+                          "step": step, "tokens_seen": seen_so_far,
+                          "tokens_trained": tokens_trained,
                           "step_seconds": elapsed / steps_in_window,
                           "tokens_per_second": window_tokens / elapsed,
                           "model_flops_per_second": flops_per_step * steps_in_window / elapsed}
@@ -248,6 +251,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                     pending = None
                     checkpointer.save(step + 1, state.params, state.opt_state,
                                       {"rng": rng, "tokens_seen": tokens_seen,
+                                       "tokens_trained": tokens_trained,
                                        "state_step": int(state.step)})
             if pending is not None:
                 finish(*pending)

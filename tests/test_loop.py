@@ -60,6 +60,8 @@ def test_resume_continues_bitwise_and_writes_the_run_directory(corpus, tmp_path,
             "tokens_trained", "step_seconds", "tokens_per_second"} <= records[-1].keys()
     assert records[-1]["learning_rate"] == pytest.approx(0.01)  # 1/sqrt(max(n, 10^4))
     assert records[-1]["tokens_seen"] == 6 * 8 * 32  # full rows of packed text
+    assert records[-1]["tokens_trained"] == 6 * 8 * 32  # FLM trains on every token it sees
+    assert records[2]["tokens_trained"] == 3 * 8 * 32  # cumulative
     document = json.loads((run_dir / "config.json").read_text())
     assert document["run"]["train"]["steps"] == 6 and document["model"]["architecture"] == "cd"
 
