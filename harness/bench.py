@@ -8,8 +8,9 @@
    is *measured* on CPU (best of jitted ``jnp.dot`` and numpy on square matrices, same dtype, right
    before and after the timed steps) or taken from ``--peak-tflops`` on an accelerator.
 
-The step is forward + backward + a plain SGD update of a synthetic batch shaped like the study's
-objective for the architecture (cd: full LM; nd: prefix LM with a half-length prefix; ed: span
+The step is the training loop's own ``harness.steps.make_train_step`` with the study's Adafactor
+(forward, backward, z-loss, update) on a synthetic batch shaped like the study's objective for the
+architecture (cd: full LM; nd: prefix LM with a half-length prefix; ed: span
 corruption 512/114). It measures the model; the data pipeline is timed on its own.
 """
 
@@ -18,13 +19,16 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import losses, sharding
+from harness.optim import make_optimizer, make_schedule
+from harness.state import create_train_state, state_shardings
+from harness.steps import make_train_step
+from models import sharding
 from models.config import ModelConfig
 from models.flops import FlopCount, decoder_only_flops, encoder_decoder_flops
 from models.transformer import Transformer, init_fn
@@ -141,37 +145,34 @@ def measure_matmul_peak(dtype: str, sizes: tuple[int, ...] = (1024, 2048, 4096),
     return best
 
 
-def _sgd_train_step(model: Transformer, learning_rate: float = 1e-3) -> Callable[..., Any]:
-    def step(params: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
-        def loss_fn(p: Any) -> jax.Array:
-            logits = model.apply({"params": p}, batch)
-            terms = losses.cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"],
-                                                     batch["decoder_loss_weights"])
-            return terms.loss / jnp.maximum(terms.weight, 1.0)
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        params = jax.tree.map(lambda p, g: p - learning_rate * g.astype(p.dtype), params, grads)
-        return params, loss
-    return step
-
-
 def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
                   inputs_length: int = 512, targets_length: int = 114, steps: int = 10,
                   repeats: int = 3, warmup: int = 2, mesh_shape: tuple[int, int] = (-1, 1),
+                  microbatches: int = 1,
                   peak_tflops: Optional[float] = None, label: str = "") -> BenchResult:
     """Benchmarks one train step of ``config`` (see module docstring) and returns its figures."""
     mesh = sharding.make_mesh(*mesh_shape)
     batch_np, flops = synthetic_batch(config, batch_size, length, inputs_length, targets_length)
+    # The study's optimiser and schedule (PAPER.md 2.1), through the training loop's own step.
+    schedule = make_schedule("rsqrt", 1.0, 10_000, steps)
+    optimizer = make_optimizer("adafactor", schedule)
+    abstract = jax.eval_shape(init_fn(config), jax.random.key(0))
+    param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
+    shardings = state_shardings(param_shardings, optimizer, abstract["params"], mesh)
+    rng = jax.random.key(0)
     with sharding.mesh_context(mesh):
-        params, shardings = sharding.init_sharded(init_fn(config), jax.random.key(0), mesh)
-        params, param_shardings = params["params"], shardings["params"]
+        params, _ = sharding.init_sharded(init_fn(config), rng, mesh)
+        state = jax.jit(lambda p: create_train_state(p, optimizer),
+                        out_shardings=shardings)(params["params"])
         batch_sharding = jax.sharding.NamedSharding(
             mesh, jax.sharding.PartitionSpec(sharding.DATA))
         batch = {k: jax.device_put(v, batch_sharding) for k, v in batch_np.items()}
-        step = jax.jit(_sgd_train_step(Transformer(config)), donate_argnums=0,
-                       in_shardings=(param_shardings, batch_sharding),
-                       out_shardings=(param_shardings, None))
+        step = jax.jit(make_train_step(Transformer(config), optimizer, schedule,
+                                       num_microbatches=microbatches),
+                       donate_argnums=0, in_shardings=(shardings, batch_sharding, None),
+                       out_shardings=(shardings, None))
         start = time.perf_counter()
-        compiled = step.lower(params, batch).compile()
+        compiled = step.lower(state, batch, rng).compile()
         compile_seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -180,14 +181,14 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
     on_cpu = jax.devices()[0].platform == "cpu"
     peaks = [measure_matmul_peak(config.dtype)] if on_cpu and peak_tflops is None else []
     for _ in range(warmup):
-        params, loss = compiled(params, batch)
-    jax.block_until_ready(loss)
+        state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
     intervals = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
-            params, loss = compiled(params, batch)
-        jax.block_until_ready(loss)
+            state, metrics = compiled(state, batch, rng)
+        jax.block_until_ready(metrics)
         intervals.append((time.perf_counter() - start) / steps)
     if peaks:
         peaks.append(measure_matmul_peak(config.dtype))

@@ -82,6 +82,7 @@ def _cmd_model_bench(args: argparse.Namespace) -> int:
             cfg, args.batch_size, length=args.length, inputs_length=args.inputs_length,
             targets_length=args.targets_length, steps=args.steps, repeats=args.repeats,
             mesh_shape=tuple(args.mesh), peak_tflops=args.peak_tflops,
+            microbatches=args.microbatches,
             label=f"{args.preset} {arch} ({cfg.dtype})")
         print(result.format(), flush=True)
     return 0
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_model_info)
 
     bench = model_commands.add_parser(
-        "bench", help="time a forward+backward+update step on a synthetic batch")
+        "bench", help="time the training step (the study's Adafactor) on a synthetic batch")
     bench.add_argument("preset", choices=PRESETS)
     bench.add_argument("--arch", choices=ARCHITECTURES, action="append",
                        help="architecture; repeat to benchmark several (default cd)")
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed intervals")
     bench.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     bench.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
+    bench.add_argument("--microbatches", type=int, default=1,
+                       help="gradient-accumulation microbatches per step")
     bench.add_argument("--mesh", type=int, nargs=2, default=(-1, 1), metavar=("DATA", "MODEL"))
     bench.add_argument("--peak-tflops", type=float, default=None,
                        help="per-device peak for MFU on accelerators (CPU peak is measured)")

@@ -68,3 +68,16 @@ def test_flops_follow_perf_md_by_hand():
     ed = encoder_decoder_flops(preset("paper-encdec"), 512, 114)
     assert ed.tokens == 626
     assert 1.0 < ed.per_token / flops.per_token < 1.25
+
+
+def test_step_benchmark_reports_consistent_figures():
+    from harness.bench import run_benchmark
+
+    config = preset("tiny", "nd", dtype="float32")
+    result = run_benchmark(config, 8, length=16, steps=2, repeats=2, warmup=1)
+    assert len(result.step_seconds) == 2 and min(result.step_seconds) > 0
+    assert result.tokens_per_step == 8 * 16
+    assert result.flops.total == decoder_only_flops(config, 16, prefix_length=8).total
+    assert result.peak_flops > 0 and result.compile_seconds > 0  # CPU peak measured in-process
+    text = result.format()
+    assert "median step" in text and "MFU" in text
