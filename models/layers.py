@@ -221,7 +221,6 @@ class MLP(nn.Module):
                           param_dtype)
         w_out = _param(self, "wo", _kernel_init(1.0, (0,), (1,)), (cfg.d_ff, cfg.d_model),
                        (shd.MLP, shd.EMBED), param_dtype)
-        # Sub-module names for the kernels keep t5x's paths: mlp/wi_0/kernel, mlp/wi_1/kernel, ...
         gate = jnp.einsum("bld,df->blf", x, w_gate.astype(dtype))
         linear = jnp.einsum("bld,df->blf", x, w_linear.astype(dtype))
         hidden = nn.gelu(gate, approximate=True) * linear

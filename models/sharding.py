@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import jax
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 # Mesh axes.
 DATA = "data"

@@ -58,7 +58,6 @@ them (``ds.batch(2)`` before packing).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Mapping
 
 import seqio

@@ -4,7 +4,6 @@ and every parameter lands where the rules table says."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
