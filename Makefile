@@ -28,7 +28,7 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 run: install
 	$(VENV)/bin/archobj model info paper-decoder
 	$(VENV)/bin/archobj model info paper-encdec
-	$(VENV)/bin/archobj model bench small --arch cd --arch nd --arch ed \
+	$(VENV)/bin/archobj bench train --preset small --arch cd --arch nd --arch ed \
 	    --batch-size 2 --length 128 --inputs-length 96 --targets-length 32 --steps 3 --repeats 3
 
 # pytest exits 5 when it collects nothing; make propagates any non-zero status, so that fails too.
@@ -40,7 +40,7 @@ test-all: install
 
 # The figures quoted in issue notes: the small preset at the study's lengths.
 bench: install
-	$(VENV)/bin/archobj model bench small --arch cd --arch nd --arch ed --batch-size 4
+	$(VENV)/bin/archobj bench train --preset small --arch cd --arch nd --arch ed --batch-size 4
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -4,7 +4,7 @@ Every subcommand imports its heavy dependencies (JAX, orbax, torch, TensorFlow) 
 so ``archobj --help`` answers at once and never imports TensorFlow.
 
     archobj model info PRESET [--arch A]        exact parameter count and training FLOPs per token
-    archobj model bench PRESET [--arch A] ...   time a training step (PERF.md protocol)
+    archobj bench train [--preset P] [--arch A]   time the training step (PERF.md protocol)
     archobj convert hf-t5 SRC_DIR DST_DIR       Hugging Face T5 / T5-LM / T0 checkpoint -> archobj
     archobj data preview --arch A --objective O --source PATH --vocab V   what the model is fed
     archobj data bench --source PATH --vocab V  input-pipeline throughput per objective
@@ -72,7 +72,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_model_bench(args: argparse.Namespace) -> int:
+def _cmd_bench_train(args: argparse.Namespace) -> int:
     from harness.bench import run_benchmark
 
     for arch in args.arch or ["cd"]:
@@ -154,10 +154,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from harness import config as config_lib
-    from harness.loop import run
+    from harness.distributed import initialize_if_multiprocess, launch_plan
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = config_lib.load_config(args.config, args.set or ())
+    # Join a multi-process job (SLURM, TPU pod, explicit coordinator) before JAX sees any device.
+    initialize_if_multiprocess(launch_plan(coordinator_address=args.coordinator_address,
+                                           num_processes=args.num_processes,
+                                           process_id=args.process_id))
+    from harness.loop import run
+
     result = run(config)
     print(f"{config.name}: steps {result.first_step}..{result.last_step} done in {result.run_dir}"
           + (f"; final loss {result.losses[-1]:.4f}" if result.losses else ""))
@@ -201,25 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_cmd_model_info)
 
-    bench = model_commands.add_parser(
-        "bench", help="time the training step (the study's Adafactor) on a synthetic batch")
-    bench.add_argument("preset", choices=PRESETS)
-    bench.add_argument("--arch", choices=ARCHITECTURES, action="append",
-                       help="architecture; repeat to benchmark several (default cd)")
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--length", type=int, default=626)
-    bench.add_argument("--inputs-length", type=int, default=512)
-    bench.add_argument("--targets-length", type=int, default=114)
-    bench.add_argument("--steps", type=int, default=10, help="steps per timed interval")
-    bench.add_argument("--repeats", type=int, default=3, help="timed intervals")
-    bench.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    bench.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
-    bench.add_argument("--microbatches", type=int, default=1,
-                       help="gradient-accumulation microbatches per step")
-    bench.add_argument("--mesh", type=int, nargs=2, default=(-1, 1), metavar=("DATA", "MODEL"))
-    bench.add_argument("--peak-tflops", type=float, default=None,
-                       help="per-device peak for MFU on accelerators (CPU peak is measured)")
-    bench.set_defaults(handler=_cmd_model_bench)
+    bench = commands.add_parser("bench", help="benchmarks that print figures (PERF.md protocol)")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    bench_train = bench_commands.add_parser(
+        "train", help="time the training step (the study's Adafactor) on a synthetic batch")
+    bench_train.add_argument("--preset", choices=PRESETS, default="small",
+                             help="model preset (default small)")
+    bench_train.add_argument("--arch", choices=ARCHITECTURES, action="append",
+                             help="architecture; repeat to benchmark several (default cd)")
+    bench_train.add_argument("--batch-size", type=int, default=8)
+    bench_train.add_argument("--length", type=int, default=626)
+    bench_train.add_argument("--inputs-length", type=int, default=512)
+    bench_train.add_argument("--targets-length", type=int, default=114)
+    bench_train.add_argument("--steps", type=int, default=10, help="steps per timed interval")
+    bench_train.add_argument("--repeats", type=int, default=3, help="timed intervals")
+    bench_train.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    bench_train.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
+    bench_train.add_argument("--microbatches", type=int, default=1,
+                             help="gradient-accumulation microbatches per step")
+    bench_train.add_argument("--mesh", type=int, nargs=2, default=(-1, 1),
+                             metavar=("DATA", "MODEL"))
+    bench_train.add_argument("--peak-tflops", type=float, default=None,
+                             help="per-device peak for MFU on accelerators (CPU peak is measured)")
+    bench_train.set_defaults(handler=_cmd_bench_train)
 
     convert = commands.add_parser("convert", help="import checkpoints from other frameworks")
     convert_commands = convert.add_subparsers(dest="convert_command", metavar="FORMAT",
@@ -268,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("config", nargs="?", help="YAML run config (default: the study's defaults)")
     stage.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.steps=100 (repeatable)")
+    stage.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="multi-process job: process 0's address (SLURM and TPU pods are "
+                            "detected without flags; harness/distributed.py)")
+    stage.add_argument("--num-processes", type=int, help="multi-process job: number of processes")
+    stage.add_argument("--process-id", type=int, help="multi-process job: this process's index")
     stage.set_defaults(handler=_cmd_train)
     return parser
 

@@ -372,8 +372,12 @@ class OptimConfig(_Section):
       beta1: AdamW's first-moment decay (Adafactor runs without momentum, as in the study).
       beta2: AdamW's second-moment decay.
       grad_clip: global gradient-norm clip; None for none (the study).
-      carry_state: a stage restores the optimizer state of ``stage.init_from`` instead of starting
-        fresh (STYLE.md B2.6: fresh unless the config says otherwise).
+      carry_state: a stage restores the optimizer state of ``stage.init_from`` (and its step
+        count, so the schedule continues) instead of starting fresh (STYLE.md B2.6: fresh unless
+        the config says otherwise). Needs the same optimizer as the run it continues.
+      schedule_offset: the schedule is evaluated at ``schedule_offset + step``: with a fresh
+        optimizer, set it to the step the stage starts from (``stage.init_step``) to continue the
+        upstream run's decay (the study's adaptations, PAPER.md 1.3) instead of restarting it.
     """
 
     SECTION: ClassVar[str] = "optim"
@@ -388,6 +392,7 @@ class OptimConfig(_Section):
     beta2: float = 0.999
     grad_clip: Optional[float] = None
     carry_state: bool = False
+    schedule_offset: int = 0
 
     def _check(self) -> None:
         _choice(self._key("name"), self.name, OPTIMIZERS)
@@ -405,6 +410,11 @@ class OptimConfig(_Section):
                 raise ValueError(f"{self._key(name)}={getattr(self, name)!r}: must be in [0, 1)")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"optim.grad_clip={self.grad_clip!r}: must be > 0, or null for none")
+        _at_least(self._key("schedule_offset"), self.schedule_offset, 0)
+        if self.carry_state and self.schedule_offset:
+            raise ValueError(
+                f"optim.schedule_offset={self.schedule_offset}: with optim.carry_state=True the "
+                "restored optimizer state already carries the step count; set it to 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,6 +130,66 @@ def pretraining_batches(spec: DataSpec, global_batch_size: int, *, start_step: i
     return dataset.as_numpy_iterator()
 
 
+def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_size: int, *,
+                inputs_length: int, targets_length: int, seed: int = 0, pack: bool = True,
+                start_step: int = 0, host_index: int = 0, num_hosts: int = 1,
+                max_examples_per_dataset: Optional[int] = None,
+                ) -> Iterator[Mapping[str, np.ndarray]]:
+    """Multitask-finetuning batches from the T0 training mixture (PAPER.md 3.3), like
+    ``pretraining_batches``: deterministic in ``seed``, this host's share, resumable by skipping.
+
+    The prompted examples (``inputs`` without EOS, ``targets`` with it, as T0 built them) go
+    through the architecture's converter, as the study's MTF gins did: ED ``EncDecFeatureConverter``
+    (inputs to the encoder); CD and ND ``PrefixLMFeatureConverter`` (inputs + targets in one
+    decoder row of ``inputs_length + targets_length`` tokens, loss on the targets, and
+    ``decoder_causal_attention`` over inputs + 1 positions, which ND reads and CD ignores).
+
+    Args:
+      architecture: "cd", "nd" or "ed".
+      source: "t0-hf" (Hugging Face datasets, templates applied at read time) or a local directory
+        of prompted JSONL files (``objectives.t0.write_prompted_jsonl``).
+      vocabulary: "t5", "byte" or a SentencePiece model path.
+      global_batch_size: rows per step over all hosts.
+      inputs_length, targets_length: task feature lengths (1024 / 256 in the study).
+      seed: the stream's one seed (mixture sampling, shuffling).
+      pack: pack several examples per row (the study packs MTF).
+      start_step, host_index, num_hosts: as ``pretraining_batches``.
+      max_examples_per_dataset: the mixture's rate cap; None for T0's 500,000.
+    """
+    if global_batch_size % num_hosts:
+        raise ValueError(f"global_batch_size={global_batch_size}: must divide evenly among "
+                         f"num_hosts={num_hosts}")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step}: must be >= 0")
+    if architecture not in ("cd", "nd", "ed"):
+        raise ValueError(f"architecture={architecture!r}: must be one of ['cd', 'nd', 'ed']")
+    hide_gpus_from_tensorflow()
+    from objectives import t0, vocab
+
+    vocab_ = vocab.load_vocabulary(vocabulary)
+    cap = {} if max_examples_per_dataset is None else {
+        "max_examples_per_dataset": max_examples_per_dataset}
+    if source == "t0-hf":
+        mixture = t0.register_t0_mixture_from_hf(vocab_)
+    else:
+        mixture = t0.register_t0_mixture_from_jsonl(source, vocab_, **cap)
+    import seqio
+    import tensorflow as tf
+
+    lengths = {"inputs": inputs_length, "targets": targets_length}
+    shard_info = seqio.ShardInfo(host_index, num_hosts) if num_hosts > 1 else None
+    dataset = mixture.get_dataset(sequence_length=lengths, split="train", shuffle=True, seed=seed,
+                                  shard_info=shard_info, num_epochs=None)
+    converter = (seqio.EncDecFeatureConverter(pack=pack) if architecture == "ed" else
+                 seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
+    dataset = converter(dataset, lengths).batch(global_batch_size // num_hosts,
+                                                drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    dataset = dataset.with_options(options).skip(start_step).prefetch(tf.data.AUTOTUNE)
+    return dataset.as_numpy_iterator()
+
+
 # -------------------------------------------------------------------------------------------------
 # Inspection: what exactly is the model fed (``archobj data preview``), and how fast
 # (``archobj data bench``).

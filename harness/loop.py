@@ -78,22 +78,29 @@ def _flops_per_row(config: config_lib.RunConfig) -> float:
 
 
 def _batches(config: config_lib.RunConfig, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
-    from harness.data import DataSpec, pretraining_batches
+    from harness import data
 
+    host = {"start_step": start_step, "host_index": jax.process_index(),
+            "num_hosts": jax.process_count()}
     if config.data.objective == "mtf":
-        raise ValueError("data.objective='mtf': multitask-finetuning batches are not wired into "
-                         "the training loop yet; train pretraining or adaptation stages")
-    spec = DataSpec(architecture=config.model.architecture, objective=config.data.objective,
-                    source=config.data.source, vocabulary=config.data.vocabulary,
-                    total_length=config.data.total_length, text_field=config.data.text_field,
-                    seed=config.data.seed, pack=config.data.pack)
-    return pretraining_batches(spec, config.train.batch_size, start_step=start_step,
-                               host_index=jax.process_index(), num_hosts=jax.process_count())
+        lengths = config.task_lengths()
+        return data.mtf_batches(config.model.architecture, config.data.source,
+                                config.data.vocabulary, config.train.batch_size,
+                                inputs_length=lengths["inputs"], targets_length=lengths["targets"],
+                                seed=config.data.seed, pack=config.data.pack, **host)
+    spec = data.DataSpec(architecture=config.model.architecture, objective=config.data.objective,
+                         source=config.data.source, vocabulary=config.data.vocabulary,
+                         total_length=config.data.total_length, text_field=config.data.text_field,
+                         seed=config.data.seed, pack=config.data.pack)
+    return data.pretraining_batches(spec, config.train.batch_size, **host)
 
 
 def _initial_params(config: config_lib.RunConfig, abstract_params: Any, param_shardings: Any,
-                    mesh: Any) -> Any:
-    """Parameters for step 0: fresh (pretrain) or from ``stage.init_from`` (adapt, finetune)."""
+                    mesh: Any, check_only: bool = False) -> Any:
+    """Parameters for step 0: fresh (pretrain) or from ``stage.init_from`` (adapt, finetune).
+
+    ``check_only``: only compare ``stage.init_from``'s parameter tree with the model's.
+    """
     if config.stage.init_from is None:
         variables, _ = sharding.init_sharded(init_fn(config.model_config()),
                                              jax.random.key(config.train.seed), mesh)
@@ -107,9 +114,35 @@ def _initial_params(config: config_lib.RunConfig, abstract_params: Any, param_sh
         raise ValueError(
             f"stage.init_from={config.stage.init_from}: its {stored_config.architecture} parameter "
             f"tree does not fit the {config.model.architecture} model: {tree_differences(want, got)}")
+    if check_only:
+        return None
     _, params = load_model(config.stage.init_from, step=config.stage.init_step,
                            shardings=param_shardings)
     return params
+
+
+def _carried_state(config: config_lib.RunConfig, abstract_params: Any, abstract_opt: Any,
+                   shardings: Any) -> tuple[Any, Any, int]:
+    """``optim.carry_state``: the optimizer state and step count of ``stage.init_from``.
+
+    The upstream run is only read (no ``model_config``: its ``config.json`` stays as it is).
+    """
+    upstream = TrainCheckpointer(config.stage.init_from, every=1, keep=None)
+    try:
+        if upstream.is_empty():
+            raise ValueError(
+                f"optim.carry_state=True: {config.stage.init_from} has no training checkpoints "
+                "with optimizer state (a converted or exported model has parameters only); set "
+                "optim.carry_state=false")
+        step = config.stage.init_step
+        if step is None:
+            step = max(upstream.all_steps())
+        _, params, opt_state, meta = upstream.restore(
+            step, abstract_params=abstract_params, abstract_opt_state=abstract_opt,
+            shardings={"params": shardings.params, "opt_state": shardings.opt_state})
+    finally:
+        upstream.close()
+    return params, opt_state, int(meta["state_step"])
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -154,7 +187,8 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
     run_dir = pathlib.Path(config.run_dir)
     model_config = config.model_config()
     train, optim = config.train, config.optim
-    schedule = make_schedule(optim.schedule, optim.learning_rate, optim.warmup_steps, train.steps)
+    schedule = make_schedule(optim.schedule, optim.learning_rate, optim.warmup_steps, train.steps,
+                             offset=optim.schedule_offset)
     optimizer = make_optimizer(optim.name, schedule, decay_rate=optim.decay_rate,
                                weight_decay=optim.weight_decay, beta1=optim.beta1,
                                beta2=optim.beta2, grad_clip=optim.grad_clip)
@@ -192,6 +226,16 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             rng, tokens_seen = rng_from_meta(meta), int(meta["tokens_seen"])
             tokens_trained = float(meta.get("tokens_trained", 0.0))
             log.info("resumed %s at step %d", run_dir, start)
+        elif optim.carry_state:
+            start, rng, tokens_seen, tokens_trained = 0, jax.random.key(train.seed), 0, 0.0
+            _initial_params(config, abstract_params, None, mesh, check_only=True)
+            params, opt_state, upstream_step = _carried_state(
+                config, abstract_params, jax.eval_shape(optimizer.init, abstract_params),
+                shardings)
+            state = TrainState(step=jax.device_put(jnp.int32(upstream_step), shardings.step),
+                               params=params, opt_state=opt_state)
+            log.info("carried optimizer state and step %d from %s", upstream_step,
+                     config.stage.init_from)
         else:
             start, rng, tokens_seen, tokens_trained = 0, jax.random.key(train.seed), 0, 0.0
             state = make_state(_initial_params(config, abstract_params, param_shardings, mesh))

@@ -29,7 +29,7 @@ NO_DECAY_NAMES = ("scale", "rel_embedding")
 
 
 def make_schedule(kind: str, learning_rate: float, warmup_steps: int,
-                  total_steps: int) -> optax.Schedule:
+                  total_steps: int, offset: int = 0) -> optax.Schedule:
     """A learning-rate schedule of the study (PAPER.md 2.1) or a common baseline.
 
     ``"rsqrt"``
@@ -49,6 +49,10 @@ def make_schedule(kind: str, learning_rate: float, warmup_steps: int,
       learning_rate: base (``"rsqrt"``) or peak (``"constant"``, ``"cosine"``) learning rate, > 0.
       warmup_steps: flat part (``"rsqrt"``, >= 1) or linear ramp (``"cosine"``, >= 0).
       total_steps: last step of the cosine decay (``"cosine"``, > warmup_steps).
+      offset: steps already taken before this stage: the schedule is evaluated at
+        ``offset + step``. An adaptation that starts a fresh optimizer from step 131,072 of a
+        pretraining run and sets ``offset=131_072`` continues the study's decay (PAPER.md 1.3:
+        NC-A runs from step 131,072 to 171,008 of one schedule) instead of restarting it.
 
     Returns:
       ``step -> learning rate`` (float32), jittable.
@@ -61,6 +65,10 @@ def make_schedule(kind: str, learning_rate: float, warmup_steps: int,
     if not float(learning_rate) > 0.0:
         raise ValueError(f"learning_rate={learning_rate!r}: must be > 0")
     learning_rate = float(learning_rate)
+    _check_int("offset", offset, minimum=0)
+    if offset:
+        base = make_schedule(kind, learning_rate, warmup_steps, total_steps + offset)
+        return lambda step: base(jnp.asarray(step) + offset)
     if kind == "constant":
         return lambda step: jnp.full((), learning_rate, jnp.float32)
     _check_int("warmup_steps", warmup_steps, minimum=1 if kind == "rsqrt" else 0)

@@ -66,12 +66,14 @@ def test_resume_continues_bitwise_and_writes_the_run_directory(corpus, tmp_path,
     assert document["run"]["train"]["steps"] == 6 and document["model"]["architecture"] == "cd"
 
 
-def test_cd_to_nd_adaptation_starts_from_the_other_run(corpus, tmp_path):
-    run(_config(corpus, tmp_path / "cd", "train.steps=2"), progress=False)
-    _, cd_params = load_model(tmp_path / "cd")
+def test_cd_to_nd_adaptation_starts_from_the_other_run(corpus, tmp_path, uninterrupted):
+    upstream = uninterrupted[1]
+    _, cd_params = load_model(upstream)
+    # NC-A as the study ran it: the rsqrt decay continues from the upstream step (here 40,000,
+    # where 1/sqrt(40,000) = 0.005) instead of restarting at its flat 0.01.
     adapted = run(_config(corpus, tmp_path / "nd", "model.architecture=nd", "data.objective=mlm",
-                          "stage.kind=adapt", f"stage.init_from={tmp_path / 'cd'}",
-                          "train.steps=2"), progress=False)
+                          "stage.kind=adapt", f"stage.init_from={upstream}",
+                          "optim.schedule_offset=40000", "train.steps=2"), progress=False)
     assert adapted.first_step == 0 and np.isfinite(adapted.losses).all()
     nd_config, nd_params = load_model(tmp_path / "nd")
     assert nd_config.architecture == "nd"
@@ -79,14 +81,90 @@ def test_cd_to_nd_adaptation_starts_from_the_other_run(corpus, tmp_path):
     embedding = np.asarray(nd_params["token_embedder"]["embedding"])
     assert embedding.shape == np.asarray(cd_params["token_embedder"]["embedding"]).shape
     assert not np.array_equal(embedding, np.asarray(cd_params["token_embedder"]["embedding"]))
+    records = [json.loads(line) for line in (tmp_path / "nd" / "metrics.jsonl").open()]
+    assert records[0]["learning_rate"] == pytest.approx(0.005)
+    # The upstream run's config.json is untouched (still cd).
+    assert json.loads((upstream / "config.json").read_text())["model"]["architecture"] == "cd"
 
 
-def test_adapting_from_a_tree_that_does_not_fit_fails_clearly(corpus, tmp_path):
-    run(_config(corpus, tmp_path / "cd", "train.steps=2"), progress=False)
+def test_carried_optimizer_state_continues_the_step_count(corpus, tmp_path, uninterrupted):
+    upstream = uninterrupted[1]
+    run(_config(corpus, tmp_path / "carried", "stage.kind=adapt", f"stage.init_from={upstream}",
+                "optim.carry_state=true", "train.steps=2"), progress=False)
+    assert _meta(tmp_path / "carried", 2)["state_step"] == STEPS + 2
+    fresh = _config(corpus, tmp_path / "fresh", "stage.kind=adapt", f"stage.init_from={upstream}",
+                    "train.steps=2")
+    assert fresh.optim.carry_state is False  # fresh by default (the issue's rule)
+
+
+def _meta(run_dir, step):
+    from harness.train_checkpoint import META_ITEM
+    (path,) = [p for p in (run_dir / "checkpoints" / str(step) / META_ITEM).iterdir()
+               if p.suffix in ("", ".json") and not p.name.startswith("_")]
+    return json.loads(path.read_text())
+
+
+def test_adapting_from_a_tree_that_does_not_fit_fails_clearly(corpus, tmp_path, uninterrupted):
     config = _config(corpus, tmp_path / "ed", "model.architecture=ed", "data.objective=mlm",
-                     "stage.kind=adapt", f"stage.init_from={tmp_path / 'cd'}", "train.steps=2")
+                     "stage.kind=adapt", f"stage.init_from={uninterrupted[1]}", "train.steps=2")
     with pytest.raises(ValueError, match=r"stage.init_from=.*does not fit the ed model"):
         run(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def t0_fixture(tmp_path_factory):
+    from objectives.t0 import make_fixture
+    directory = tmp_path_factory.mktemp("t0")
+    make_fixture(directory)
+    return str(directory)
+
+
+MTF_LENGTHS = ("data.inputs_length=40", "data.targets_length=16")
+
+
+def test_finetune_stage_trains_on_the_t0_mixture(corpus, tmp_path, uninterrupted, t0_fixture):
+    """The study's MTF recipe (PAPER.md 2.1, 3.3): constant 1e-3, dropout 0.1, from a checkpoint;
+    here the "CD:FLM + ND:MTF" control: a cd run finetuned as nd."""
+    config = _config(corpus, tmp_path / "mtf", "model.architecture=nd", "model.dropout_rate=0.1",
+                     "data.objective=mtf", f"data.source={t0_fixture}", *MTF_LENGTHS,
+                     "stage.kind=finetune", f"stage.init_from={uninterrupted[1]}",
+                     "optim.schedule=constant", "optim.learning_rate=1e-3", "train.steps=2")
+    result = run(config, progress=False)
+    assert np.isfinite(result.losses).all() and len(result.losses) == 2
+    records = [json.loads(line) for line in (tmp_path / "mtf" / "metrics.jsonl").open()]
+    assert [r["learning_rate"] for r in records] == pytest.approx([1e-3, 1e-3])
+    # Loss on the targets only: fewer tokens trained on than seen.
+    assert 0 < records[-1]["tokens_trained"] < records[-1]["tokens_seen"]
+
+
+@pytest.mark.parametrize("arch", ["nd", "ed"])
+def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch):
+    from harness.data import mtf_batches
+
+    def stream(**kwargs):
+        return mtf_batches(arch, t0_fixture, "byte", 4, inputs_length=40, targets_length=16,
+                           **kwargs)
+
+    batches = stream()
+    first, second = next(batches), next(batches)
+    # Deterministic, and resuming at step 1 gives exactly the second batch.
+    resumed = next(stream(start_step=1))
+    for name in second:
+        np.testing.assert_array_equal(resumed[name], second[name], err_msg=name)
+    if arch == "ed":
+        assert first["encoder_input_tokens"].shape == (4, 40)
+        assert first["decoder_target_tokens"].shape == (4, 16)
+        assert "decoder_causal_attention" not in first
+    else:
+        assert first["decoder_target_tokens"].shape == (4, 56)
+        # Inputs + 1 positions are bidirectional, the loss covers the targets (ending in EOS):
+        # per packed example they share exactly one position, the first target.
+        prefix = first["decoder_causal_attention"].astype(bool)
+        weights = first["decoder_loss_weights"].astype(bool)
+        segments = sum(len(set(row[row > 0])) for row in first["decoder_segment_ids"])
+        assert (prefix & weights).sum() == segments > 0
+        assert (first["decoder_target_tokens"][weights] == 1).sum() == segments
+    assert set(np.unique(first["decoder_loss_weights"])) <= {0, 1}
 
 
 def test_sigkilled_run_resumes_with_identical_losses(corpus, tmp_path, uninterrupted):

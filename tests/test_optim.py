@@ -26,6 +26,19 @@ def test_rsqrt_schedule_is_the_study_schedule_exactly():
     np.testing.assert_allclose(schedule(jnp.asarray(90_000)), 1.0 / 300.0, rtol=1e-6)
 
 
+def test_schedule_offset_continues_an_upstream_schedule():
+    """An adaptation starting a fresh optimizer at step 131,072 continues the study's decay."""
+    upstream = optim.make_schedule("rsqrt", 1.0, 10_000, 171_008)
+    continued = optim.make_schedule("rsqrt", 1.0, 10_000, 39_936, offset=131_072)
+    for step in (0, 1, 5_000, 39_935):
+        assert float(continued(jnp.int32(step))) == float(upstream(jnp.int32(131_072 + step)))
+    assert float(continued(0)) == pytest.approx(1 / 131_072 ** 0.5)
+    cosine = optim.make_schedule("cosine", 1.0, 10, 100, offset=50)
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-7)  # still ends at the stage's end
+    with pytest.raises(ValueError, match="offset"):
+        optim.make_schedule("rsqrt", 1.0, 10_000, 10, offset=-1)
+
+
 def test_constant_schedule():
     schedule = optim.make_schedule("constant", 1e-3, warmup_steps=0, total_steps=10_000)
     for step in (0, 1, 5_000, 10 ** 6):

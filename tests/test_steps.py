@@ -148,9 +148,11 @@ def test_state_shardings_mirror_parameters_and_replicate_the_rest():
 # Train step.
 # -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_sharded_training_equals_single_device(arch):
-    config, optimizer, train_step, jitted = _setup(arch, "adafactor")
+@pytest.mark.parametrize("arch, microbatches", [*((a, 1) for a in ARCHITECTURES), ("nd", 2)])
+def test_sharded_training_equals_single_device(arch, microbatches):
+    """(4, 2) mesh == one device; with microbatches, sharded accumulation == one big batch."""
+    config, optimizer, _, jitted = _setup(arch, "adafactor")
+    train_step = _setup(arch, "adafactor", microbatches=microbatches)[2]
     batch, rng = _batch(arch), jax.random.key(1)
 
     # Reference: one device, no mesh.
