@@ -10,6 +10,8 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj data bench --source PATH --vocab V  input-pipeline throughput per objective
     archobj vocab train TEXT... --size N --out FILE   a local SentencePiece model with 100 sentinels
     archobj train [CONFIG.yaml] [--set key=value ...]  run or resume one training stage
+    archobj eval CHECKPOINT --suite {eai,t0} [--tasks ...] [--limit N] [--data-dir DIR]
+                                                zero-shot EAI-Eval / T0-Eval, results in the run dir
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Optional, Sequence
 ARCHITECTURES = ("cd", "nd", "ed")
 PRESETS = ("tiny", "small", "base", "large", "paper-decoder", "paper-encdec")
 OBJECTIVES = ("flm", "plm", "mlm")
+SUITES = ("eai", "t0")  # harness/evaluate.py
 # The study's six pretraining pairs (PAPER.md 1.2), in the paper's order.
 STUDY_PAIRS = (("cd", "flm"), ("cd", "mlm"), ("nd", "plm"), ("nd", "mlm"), ("ed", "plm"),
                ("ed", "mlm"))
@@ -170,6 +173,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import logging
+    import warnings
+
+    from harness.evaluate import evaluate_checkpoint
+
+    if not args.verbose:
+        # lm-eval's per-task notices about default aggregations, scikit-learn's F1 on tiny samples
+        # and promptsource's pkg_resources import are noise around the summary tables.
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message=".*(ill-defined|pkg_resources).*")
+
+    tasks = None
+    if args.tasks:
+        tasks = [name.strip() for group in args.tasks for name in group.split(",") if name.strip()]
+    evaluate_checkpoint(args.checkpoint, args.suite or ["eai", "t0"], tasks=tasks,
+                        limit=args.limit, data_dir=args.data_dir, fixtures=args.fixtures,
+                        step=args.step, architecture=args.as_arch, vocabulary=args.vocab,
+                        batch_size=args.batch_size, out_dir=args.out,
+                        report=lambda line: print(line, flush=True))
+    return 0
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="a local text file, directory of .txt/.jsonl, or .jsonl file; "
@@ -283,6 +309,34 @@ def build_parser() -> argparse.ArgumentParser:
                             "detected without flags; harness/distributed.py)")
     stage.add_argument("--num-processes", type=int, help="multi-process job: number of processes")
     stage.add_argument("--process-id", type=int, help="multi-process job: this process's index")
+
+    evaluation = commands.add_parser(
+        "eval", help="zero-shot EAI-Eval and T0-Eval of a checkpoint (PAPER.md 3.1, 3.2); results "
+                     "go to CHECKPOINT/eval/step_<N>/")
+    evaluation.add_argument("checkpoint", help="a run directory or converted model directory")
+    evaluation.add_argument("--suite", choices=SUITES, action="append",
+                            help="eai (lm-evaluation-harness) or t0 (rank classification); "
+                                 "repeatable (default both)")
+    evaluation.add_argument("--tasks", action="append", metavar="A,B",
+                            help="only these tasks/datasets (comma-separated, repeatable)")
+    evaluation.add_argument("--limit", type=int, help="at most N examples per task (smoke runs)")
+    data_source = evaluation.add_mutually_exclusive_group()
+    data_source.add_argument("--data-dir", help="offline copies of the datasets "
+                                                "(DIR/<hub path>/<config>/<split>.jsonl); default: "
+                                                "the Hugging Face hub")
+    data_source.add_argument("--fixtures", action="store_true",
+                             help="the small synthetic fixtures shipped with archobj (a demo; "
+                                  "the numbers mean nothing)")
+    evaluation.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    evaluation.add_argument("--as-arch", choices=("cd", "nd"),
+                            help="evaluate a cd checkpoint as nd or the reverse (PAPER.md 3.1)")
+    evaluation.add_argument("--vocab", help="tokenizer: t5, byte or a SentencePiece model "
+                                            "(default: the run's data.vocabulary)")
+    evaluation.add_argument("--batch-size", type=int, default=8, help="rows per call (default 8)")
+    evaluation.add_argument("--out", help="write results here instead of CHECKPOINT/eval/step_<N>")
+    evaluation.add_argument("--verbose", action="store_true",
+                            help="show lm-eval's own warnings and notices")
+    evaluation.set_defaults(handler=_cmd_eval)
     stage.set_defaults(handler=_cmd_train)
     return parser
 
