@@ -25,7 +25,7 @@ import datetime
 import os
 import pathlib
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from harness import checkpoint as ckpt
 
@@ -160,7 +160,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
     from harness.lm_eval_adapter import ArchobjLM
 
     results: list[SuiteResult] = []
-    lm = None
     for suite, suite_tasks in plan.items():
         module = _suite_module(suite)
         _, inputs_length, targets_length = SUITES[suite]

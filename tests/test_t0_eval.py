@@ -15,7 +15,8 @@ import pytest
 
 from harness import t0_eval
 from harness.t0_eval import (FIXTURE_DIR, T0EvalError, aggregate, encode_row, evaluate,
-                             find_dataset, load_examples, make_fixture, resolve_tasks, summarize)
+                             find_dataset, load_examples, resolve_tasks, summarize)
+from harness.t0_eval_fixture import fixture_examples, make_fixture
 from helpers import assert_one_line_error
 
 EOS = 1
@@ -337,7 +338,7 @@ def test_fixture_layout_is_the_shared_one():
 
 def test_unrenderable_example_is_one_line(tmp_path):
     dataset = find_dataset("hellaswag")
-    example = dict(t0_eval.fixture_examples()["hellaswag"][0], endings=None)
+    example = dict(fixture_examples()["hellaswag"][0], endings=None)
     t0_eval.export_split([example], tmp_path, dataset)
     with pytest.raises(T0EvalError) as excinfo:
         evaluate(FakeLM(lambda i, t: 0.0), data_dir=tmp_path, tasks=["hellaswag"])
@@ -414,7 +415,7 @@ def test_end_to_end_through_archobj_lm(tiny_checkpoint, reference):
 
 
 def test_export_writes_the_layout_load_examples_reads(tmp_path, monkeypatch):
-    source = t0_eval.fixture_examples()
+    source = fixture_examples()
     loaded = []
 
     def fake_hub(dataset, limit, load_kwargs=None):  # stands in for datasets.load_dataset
