@@ -142,7 +142,8 @@ class Transformer(nn.Module):
     def decode_with_cache(self, tokens: Array, positions: Array, cache: Cache,
                           prefix_lengths: Optional[Array] = None,
                           encoded: Optional[Array] = None,
-                          encoder_input_tokens: Optional[Array] = None) -> tuple[Array, Cache]:
+                          encoder_input_tokens: Optional[Array] = None,
+                          return_hidden: bool = False) -> tuple[Array, Cache]:
         """Runs decoder ``tokens [b, q]`` at absolute ``positions [b, q]`` against a KV cache.
 
         Used both to prefill a prompt (q > 1, positions 0..q-1) and for single decoding steps (q = 1).
@@ -158,9 +159,12 @@ class Transformer(nn.Module):
             decoder; ignored by the other architectures.
           encoded: encoder output, on the first call of an encoder-decoder.
           encoder_input_tokens: the encoder's tokens (encoder-decoder only).
+          return_hidden: return the decoder's final hidden states ``[b, q, d_model]`` instead of
+            the logits, so that a caller can project only the positions it needs
+            (``logits_from_hidden``; harness/scoring.py).
 
         Returns:
-          ``(float32 logits [b, q, vocab], updated cache)``.
+          ``(float32 logits [b, q, vocab] or hidden states, updated cache)``.
         """
         cfg = self.config
         slots = cache["self"]["key"].shape[2]
@@ -178,7 +182,13 @@ class Transformer(nn.Module):
                                                    encoder_input_tokens > 0)
         y, new_cache = self.decoder(self.token_embedder(tokens), mask, buckets, encoded, cross_mask,
                                     cache, positions[:, 0])
+        if return_hidden:
+            return y, new_cache
         return self._logits(y), new_cache
+
+    def logits_from_hidden(self, hidden: Array) -> Array:
+        """Float32 logits ``[..., vocab]`` of final decoder hidden states ``[..., d_model]``."""
+        return self._logits(hidden)
 
     # ---------------------------------------------------------------------------------------------
 

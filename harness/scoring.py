@@ -1,0 +1,566 @@
+"""Exact, fast zero-shot scoring and greedy generation for cd, nd and ed models (PAPER.md 3.1, 3.2).
+
+``Scorer`` answers the two questions every zero-shot benchmark asks of a model:
+
+* ``loglikelihood([(context_ids, continuation_ids), ...])`` -> ``[(sum of log p(continuation),
+  is_greedy), ...]``: lm-evaluation-harness's ``loglikelihood`` and T0's rank classification;
+* ``generate(contexts, max_new_tokens, stop)``: greedy continuations (lm-eval's ``generate_until``).
+
+Rows are those of training (PAPER.md 3.1, "How it runs on T5X models"; seqio's converters, 6.3):
+
+  cd  one causal row ``[context, continuation]`` (decoder inputs shifted right with BOS 0), the loss
+      on the continuation.
+  nd  the same row with ``decoder_causal_attention`` over the context + 1 positions: the position
+      whose input is the last context token (and which predicts the first continuation token)
+      belongs to the bidirectional prefix.
+  ed  the context to the encoder, the continuation to the decoder (BOS 0, shifted right).
+
+How it is computed (PERF.md, "Zero-shot evaluation throughput"). Everything that depends on the
+context alone is computed once per distinct context, however many continuations it has:
+
+  prefix pass   decoders: the n + 1 prefix positions ``[BOS, c_0 .. c_{n-1}]`` are prefilled into a
+                KV cache (causally for cd, bidirectionally for nd: exactly the prefix of the full
+                row, since no prefix position can see a continuation token in either mask);
+                ed: the encoder runs once and the decoder's BOS step fills the cross-attention
+                cache. Either way the last prefix position's output is the distribution of the
+                first continuation token, so single-token continuations (many answer choices)
+                need nothing else.
+  continuation  each continuation's remaining tokens run against its context's cache (gathered
+                on device), and only those positions are projected to the vocabulary.
+
+The two passes give the full row's numbers exactly (up to float reassociation): the causal decoder's
+positions never look ahead, and the non-causal decoder's prefix (context + 1) never sees the
+continuation, so splitting the row at the end of the prefix changes no attention pattern.
+
+Shapes are static: contexts are padded to a small set of length buckets, continuations likewise,
+and every call has ``batch_size`` rows (the last batch is padded), so each (bucket, bucket) shape
+compiles once. Requests are sorted by length so that batches are tight. Nothing is packed.
+
+Truncation: an over-long context loses its oldest tokens (left truncation). For ed the context is
+cut to ``max_inputs_length``; for the decoders the whole row (context + continuation) to
+``max_inputs_length + max_targets_length``, keeping the whole continuation. A continuation longer
+than that budget is an error, never silently cut.
+
+This module imports neither lm-eval nor TensorFlow (``harness/lm_eval_adapter.py`` wraps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.config import ARCHITECTURES, ModelConfig
+from models.decoding import EOS_ID, PAD_ID, init_cache
+from models.losses import token_log_probs
+from models.transformer import Transformer
+
+Array = jax.Array
+PathLike = Union[str, os.PathLike]
+Request = tuple[Sequence[int], Sequence[int]]
+StopSpec = Union[None, Sequence[Sequence[int]], Callable[[list[int]], bool]]
+
+# Padded lengths (capped at the limit of each axis, which is always a bucket itself).
+DEFAULT_LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Greedy decoding runs this many steps per device call between host-side stop checks.
+DEFAULT_GENERATE_CHUNK = 16
+# Continuation batches queued on the device before the host waits for the oldest one.
+_MAX_BATCHES_IN_FLIGHT = 8
+
+
+def resolve_architecture(config: ModelConfig, architecture: Optional[str]) -> ModelConfig:
+    """The config to evaluate with: ``config`` itself, or cd <-> nd switched (PAPER.md 3.1).
+
+    The causal and non-causal decoders share one parameter tree, so a checkpoint of either can be
+    evaluated as the other (the study's ``OPPOSITE_ARCHITECTURE``); an encoder-decoder cannot.
+
+    Raises:
+      ValueError: an unknown architecture, or a switch between ed and a decoder-only model.
+    """
+    if architecture is None or architecture == config.architecture:
+        return config
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r}: must be one of "
+                         f"{', '.join(ARCHITECTURES)} (or None for the checkpoint's own)")
+    if config.is_encoder_decoder or architecture == "ed":
+        raise ValueError(
+            f"architecture={architecture!r}: the checkpoint is {config.architecture!r}; only "
+            "'cd' and 'nd' share a parameter tree, so only they can be evaluated as each other "
+            "(leave architecture unset)")
+    return config.replace(architecture=architecture)
+
+
+@dataclasses.dataclass
+class _Prefix:
+    """Device-side results of one prefix pass over ``batch_size`` contexts."""
+
+    cache: Any                          # KV caches, leading layers axis, batch axis 1
+    first_log_probs: Array              # [batch, vocab] log p(first continuation token)
+    encoder_tokens: Optional[Array]     # [batch, encoder_length] (ed), for the cross mask
+    lengths: np.ndarray                 # [batch] context lengths n (host)
+
+
+class Scorer:
+    """Log-likelihood scoring and greedy generation over one model's parameters.
+
+    Args:
+      model_config: the model's config (from the checkpoint).
+      params: its parameters (``variables["params"]``); moved to the default device once.
+      architecture: evaluate a cd checkpoint as nd or the reverse (None: the config's own).
+      batch_size: rows per device call (contexts per prefix pass, continuations per
+        continuation pass, prompts per generation batch).
+      max_inputs_length: ed: the encoder's context budget; decoders: with ``max_targets_length``,
+        the row budget (context + continuation). Also the context budget of ``generate``.
+      max_targets_length: the longest continuation (ed); see ``max_inputs_length`` (decoders).
+      length_buckets: the padded lengths to use (each axis adds its own limit as the last bucket);
+        default ``DEFAULT_LENGTH_BUCKETS``.
+      generate_chunk: greedy steps per device call in ``generate`` (stops are checked between).
+
+    Raises:
+      ValueError: a bad argument or architecture switch (one line, before any compile).
+    """
+
+    def __init__(self, model_config: ModelConfig, params: Any, *,
+                 architecture: Optional[str] = None, batch_size: int = 8,
+                 max_inputs_length: int = 512, max_targets_length: int = 114,
+                 length_buckets: Optional[Sequence[int]] = None,
+                 generate_chunk: int = DEFAULT_GENERATE_CHUNK) -> None:
+        for name, value in (("batch_size", batch_size), ("max_inputs_length", max_inputs_length),
+                            ("max_targets_length", max_targets_length),
+                            ("generate_chunk", generate_chunk)):
+            _check_positive_int(name, value)
+        buckets = DEFAULT_LENGTH_BUCKETS if length_buckets is None else tuple(length_buckets)
+        if not buckets:
+            raise ValueError("length_buckets=(): give at least one length (or None for the "
+                             "default)")
+        for value in buckets:
+            _check_positive_int("length_buckets", value)
+        self.config = resolve_architecture(model_config, architecture)
+        self.params = jax.device_put(params)
+        self.batch_size = batch_size
+        self.max_inputs_length = max_inputs_length
+        self.max_targets_length = max_targets_length
+        self.length_buckets = tuple(sorted(set(buckets)))
+        self.generate_chunk = generate_chunk
+
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, step: Optional[int] = None,
+                        architecture: Optional[str] = None, **kwargs: Any) -> "Scorer":
+        """A ``Scorer`` over a model or run directory (``harness.checkpoint`` format).
+
+        The architecture switch is checked against ``config.json`` before any parameter is read.
+
+        Raises:
+          harness.checkpoint.CheckpointError: a missing or invalid directory, step or checkpoint.
+          ValueError: a bad argument or architecture switch.
+        """
+        from harness import checkpoint  # orbax: only needed here
+
+        resolve_architecture(checkpoint.read_config(path), architecture)
+        config, params = checkpoint.load_model(path, step)
+        return cls(config, params, architecture=architecture, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------
+    # Public API.
+    # ---------------------------------------------------------------------------------------------
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    @property
+    def row_budget(self) -> int:
+        """Decoders: the most tokens of context + continuation in one row."""
+        return self.max_inputs_length + self.max_targets_length
+
+    def loglikelihood(self, requests: Sequence[Request]) -> list[tuple[float, bool]]:
+        """Summed log-probabilities of continuations given contexts, in request order.
+
+        Args:
+          requests: ``(context ids, continuation ids)`` pairs. The context may be empty (the
+            decoders' BOS then predicts the first token; the encoder sees only padding). An empty
+            continuation scores ``(0.0, True)``.
+
+        Returns:
+          ``(log p(continuation | context), is_greedy)`` per request: is_greedy says whether each
+          continuation token is the argmax of its position's distribution.
+
+        Raises:
+          ValueError: a token id outside the model's vocabulary or a continuation longer than the
+            budget, naming the request; raised before anything is computed.
+        """
+        prepared = [self._prepare(index, context, continuation)
+                    for index, (context, continuation) in enumerate(requests)]
+        results: list[Optional[tuple[float, bool]]] = [None] * len(prepared)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (context, continuation) in enumerate(prepared):
+            if not continuation:
+                results[index] = (0.0, True)
+            else:
+                groups.setdefault(context, []).append(index)
+
+        # Longest contexts first: similar lengths share a batch (and a failure from memory shows
+        # up at once, not at the end).
+        contexts = sorted(groups, key=len, reverse=True)
+        pending: list[tuple[list[int], tuple[Array, Array]]] = []
+        collected = 0
+        for start in range(0, len(contexts), self.batch_size):
+            chunk = contexts[start:start + self.batch_size]
+            prefix = self._run_prefix(chunk)
+            rows = [(slot, index)
+                    for slot, context in enumerate(chunk) for index in groups[context]]
+            rows.sort(key=lambda row: len(prepared[row[1]][1]))
+            for row_start in range(0, len(rows), self.batch_size):
+                batch_rows = rows[row_start:row_start + self.batch_size]
+                scores = self._run_continuations(prefix, batch_rows, prepared)
+                pending.append(([index for _, index in batch_rows], scores))
+            # Dispatch is asynchronous: let the host run ahead by a few batches (to keep the
+            # device busy), but not by the whole evaluation, whose prefix caches would all be
+            # allocated at once.
+            while len(pending) - collected > _MAX_BATCHES_IN_FLIGHT:
+                self._collect(pending[collected], results)
+                collected += 1
+        for item in pending[collected:]:
+            self._collect(item, results)
+        return results  # type: ignore[return-value]
+
+    def generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: int,
+                 stop: StopSpec = None) -> list[list[int]]:
+        """Greedy continuations of ``contexts`` with the KV cache, in input order.
+
+        Each context is left-truncated to ``max_inputs_length``. A row ends at EOS (not returned),
+        after ``max_new_tokens`` tokens, or when ``stop`` says so. Padding (id 0) is never
+        generated.
+
+        Args:
+          contexts: prompt ids (decoders: the prefix, bidirectional for nd; ed: the encoder input).
+          max_new_tokens: the most tokens to generate per row.
+          stop: token sequences (a row ends before the first occurrence of any, which is not
+            returned), or ``callable(generated ids) -> bool`` (checked every ``generate_chunk``
+            tokens; the row's tokens up to that check are returned, and the caller trims them, as
+            lm-eval does with ``until`` strings), or None.
+
+        Returns:
+          The generated ids of each context.
+
+        Raises:
+          ValueError: bad ``max_new_tokens``, ``stop`` or token ids (one line).
+        """
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
+                or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
+        stop_sequences: list[list[int]] = []
+        stop_fn: Optional[Callable[[list[int]], bool]] = None
+        if callable(stop):
+            stop_fn = stop
+        elif stop is not None:
+            stop_sequences = [list(map(int, s)) for s in stop]
+            if any(not s for s in stop_sequences):
+                raise ValueError("stop: an empty stop sequence would stop at once; remove it")
+            stop_fn = lambda ids: _find_stop(ids, stop_sequences) is not None  # noqa: E731
+        prepared = [self._check_ids(index, "context", context)[-self.max_inputs_length:]
+                    for index, context in enumerate(contexts)]
+        outputs: list[list[int]] = [[] for _ in prepared]
+        if max_new_tokens == 0 or not prepared:
+            return outputs
+
+        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i]), reverse=True)
+        steps = max_new_tokens - 1
+        chunk = min(self.generate_chunk, max(steps, 1))
+        extra_slots = math.ceil(steps / chunk) * chunk
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start:start + self.batch_size]
+            generated = self._generate_batch([tuple(prepared[i]) for i in indices], extra_slots,
+                                             chunk, max_new_tokens, stop_fn)
+            for index, tokens in zip(indices, generated):
+                outputs[index] = tokens
+
+        for tokens in outputs:
+            if EOS_ID in tokens:
+                del tokens[tokens.index(EOS_ID):]
+            del tokens[max_new_tokens:]
+            if stop_sequences:
+                position = _find_stop(tokens, stop_sequences)
+                if position is not None:
+                    del tokens[position:]
+        return outputs
+
+    # ---------------------------------------------------------------------------------------------
+    # Host side: preparing, bucketing and batching.
+    # ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _collect(item: tuple[list[int], tuple[Array, Array]],
+                 results: list[Optional[tuple[float, bool]]]) -> None:
+        """Copies one batch's scores to the host (waits for them) into ``results``."""
+        indices, (log_likelihood, greedy) = item
+        log_likelihood, greedy = np.asarray(log_likelihood), np.asarray(greedy)
+        for row, index in enumerate(indices):
+            results[index] = (float(log_likelihood[row]), bool(greedy[row]))
+
+    def _check_ids(self, index: int, what: str, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 < i < self.config.vocab_size]
+        if bad:
+            raise ValueError(
+                f"request {index}: {what} token id {bad[0]} is outside "
+                f"1..{self.config.vocab_size - 1} (0 is padding); the tokenizer does not match "
+                f"the model's vocab_size={self.config.vocab_size}")
+        return ids
+
+    def _prepare(self, index: int, context: Sequence[int],
+                 continuation: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Checked, truncated ``(context, continuation)``."""
+        context = self._check_ids(index, "context", context)
+        continuation = self._check_ids(index, "continuation", continuation)
+        if self.config.is_encoder_decoder:
+            if len(continuation) > self.max_targets_length:
+                raise ValueError(
+                    f"request {index}: continuation of {len(continuation)} tokens exceeds "
+                    f"max_targets_length={self.max_targets_length}; raise max_targets_length")
+            keep = self.max_inputs_length
+        else:
+            if len(continuation) > self.row_budget:
+                raise ValueError(
+                    f"request {index}: continuation of {len(continuation)} tokens exceeds the row "
+                    f"budget max_inputs_length + max_targets_length = {self.row_budget}; raise "
+                    "max_targets_length")
+            keep = self.row_budget - len(continuation)
+        context = context[len(context) - keep:] if len(context) > keep else context
+        return tuple(context), tuple(continuation)
+
+    def _bucket(self, length: int, limit: int) -> int:
+        """The smallest bucket >= ``length`` among the buckets below ``limit``, and ``limit``."""
+        for size in self.length_buckets:
+            if size >= limit:
+                break
+            if size >= length:
+                return size
+        return limit
+
+    def _prefix_width(self, longest_context: int) -> int:
+        """Padded width of the prefix pass: decoders n + 1 positions, ed n encoder tokens."""
+        if self.config.is_encoder_decoder:
+            return self._bucket(max(longest_context, 1), self.max_inputs_length)
+        return self._bucket(longest_context + 1, self.row_budget)
+
+    def _run_prefix(self, contexts: Sequence[tuple[int, ...]]) -> _Prefix:
+        """The prefix pass over up to ``batch_size`` contexts (padded with empty ones)."""
+        lengths = np.zeros((self.batch_size,), np.int32)
+        lengths[:len(contexts)] = [len(c) for c in contexts]
+        width = self._prefix_width(int(lengths.max()))
+        tokens = np.zeros((self.batch_size, width), np.int32)
+        offset = 0 if self.config.is_encoder_decoder else 1  # decoders: BOS 0 first
+        for row, context in enumerate(contexts):
+            tokens[row, offset:offset + len(context)] = context
+        cache, first_log_probs = _prefill(self.config, self.params, tokens, lengths)
+        encoder_tokens = jnp.asarray(tokens) if self.config.is_encoder_decoder else None
+        return _Prefix(cache, first_log_probs, encoder_tokens, lengths)
+
+    def _run_continuations(self, prefix: _Prefix, rows: Sequence[tuple[int, int]],
+                           prepared: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+                           ) -> tuple[Array, Array]:
+        """Scores up to ``batch_size`` continuations against their contexts' prefix pass."""
+        size = self.batch_size
+        slots = np.zeros((size,), np.int32)
+        first = np.zeros((size,), np.int32)
+        for row, (slot, index) in enumerate(rows):
+            slots[row] = slot
+            first[row] = prepared[index][1][0]
+        longest = max(len(prepared[index][1]) for _, index in rows) - 1
+        if longest == 0:  # every continuation is one token: the prefix pass has it all
+            return _first_only(prefix.first_log_probs, slots, first)
+
+        limit = (self.max_targets_length if self.config.is_encoder_decoder
+                 else self.row_budget) - 1
+        width = self._bucket(longest, limit)
+        inputs = np.zeros((size, width), np.int32)
+        targets = np.zeros((size, width), np.int32)
+        for row, (_, index) in enumerate(rows):
+            continuation = prepared[index][1]
+            rest = len(continuation) - 1
+            inputs[row, :rest] = continuation[:-1]
+            targets[row, :rest] = continuation[1:]
+        # First position of the continuation pass: after the n + 1 prefix positions (decoders) or
+        # after BOS (ed). Padded rows point at an empty context and score nothing.
+        if self.config.is_encoder_decoder:
+            starts = np.ones((size,), np.int32)
+        else:
+            starts = prefix.lengths[slots] + 1
+        return _continue(self.config, self.params, prefix.cache, prefix.first_log_probs,
+                         prefix.encoder_tokens, slots, first, inputs, targets, starts)
+
+    def _generate_batch(self, contexts: Sequence[tuple[int, ...]], extra_slots: int, chunk: int,
+                        max_new_tokens: int, stop_fn: Optional[Callable[[list[int]], bool]],
+                        ) -> list[list[int]]:
+        prefix = self._run_prefix(contexts)
+        count = len(contexts)
+        cache, token, done = _start_generation(prefix.cache, prefix.first_log_probs,
+                                               extra_slots=extra_slots)
+        if self.config.is_encoder_decoder:
+            positions = np.ones((self.batch_size,), np.int32)
+        else:
+            positions = prefix.lengths + 1
+        prefix_lengths = prefix.lengths + 1
+        generated = [[int(t)] for t in np.asarray(token)[:count]]
+        finished = np.asarray(done).copy()
+        finished[count:] = True
+        for row in range(count):
+            finished[row] |= bool(stop_fn and stop_fn(generated[row]))
+        produced = 1
+        while produced < max_new_tokens and not finished.all():
+            cache, token, positions, done, tokens = _decode_chunk(
+                self.config, self.params, cache, token, positions, jnp.asarray(finished),
+                prefix_lengths, prefix.encoder_tokens, steps=chunk)
+            tokens = np.asarray(tokens)
+            finished = np.asarray(done).copy()
+            for row in range(count):
+                if not generated[row] or generated[row][-1] != EOS_ID:
+                    generated[row].extend(int(t) for t in tokens[row] if t != PAD_ID)
+                if stop_fn and not finished[row]:
+                    finished[row] = stop_fn(generated[row])
+            produced += chunk
+        return generated
+
+
+# -------------------------------------------------------------------------------------------------
+# Device side: jitted functions of (static) config and arrays, so that every Scorer over the same
+# config shares their compiles (several checkpoints of one run compile once). Static shapes, no
+# host syncs.
+# -------------------------------------------------------------------------------------------------
+
+def _apply(config: ModelConfig, params: Any, *args: Any, **kwargs: Any) -> Any:
+    return Transformer(config).apply({"params": params}, *args, **kwargs)
+
+
+def _pad_self_cache(cache: Any, extra_slots: int) -> Any:
+    """The self-attention cache with ``extra_slots`` more (empty) slots after the prefix's."""
+    cache = dict(cache)
+    cache["self"] = jax.tree.map(
+        lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra_slots), (0, 0), (0, 0))), cache["self"])
+    return cache
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prefill(config: ModelConfig, params: Any, tokens: Array, lengths: Array,
+             ) -> tuple[Any, Array]:
+    """Prefix pass: ``(cache, log p(first continuation token) [b, vocab])``.
+
+    Decoders: ``tokens [b, w] = [BOS, c_0 .. c_{n-1}, 0 ...]`` prefilled into a ``w``-slot cache,
+    bidirectional over the n + 1 prefix positions for nd; position n gives the first token's
+    distribution. Padding positions after n write cache slots that later queries either overwrite
+    or cannot see (causal), so they never matter.
+
+    ed: ``tokens [b, w]`` are the encoder input; the BOS decoder step fills a one-slot self cache
+    and the cross-attention cache.
+    """
+    batch, width = tokens.shape
+    if config.is_encoder_decoder:
+        encoded = _apply(config, params, tokens, method=Transformer.encode)
+        cache = init_cache(config, batch, 1, width)
+        zeros = jnp.zeros((batch, 1), jnp.int32)
+        last, cache = _apply(config, params, zeros, zeros, cache, None, encoded, tokens,
+                             return_hidden=True, method=Transformer.decode_with_cache)
+    else:
+        cache = init_cache(config, batch, width)
+        positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
+        hidden, cache = _apply(config, params, tokens, positions, cache, lengths + 1,
+                               return_hidden=True, method=Transformer.decode_with_cache)
+        last = jnp.take_along_axis(hidden, lengths[:, None, None], axis=1)  # [b, 1, d]
+    logits = _apply(config, params, last, method=Transformer.logits_from_hidden)[:, 0]
+    return cache, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _continue(config: ModelConfig, params: Any, cache: Any, first_log_probs: Array,
+              encoder_tokens: Optional[Array], slots: Array, first: Array, inputs: Array,
+              targets: Array, starts: Array) -> tuple[Array, Array]:
+    """Continuation pass: ``(log-likelihood [r], is_greedy [r])``.
+
+    Row ``r`` continues prefix ``slots[r]``: its first token ``first[r]`` is scored from the prefix
+    pass, the rest (``targets``, fed ``inputs`` = the continuation shifted right) by running
+    positions ``starts[r] ..`` against a copy of that prefix's cache. Only these positions reach
+    the vocabulary projection.
+    """
+    width = inputs.shape[1]
+    cache = _pad_self_cache(jax.tree.map(lambda x: jnp.take(x, slots, axis=1), cache), width)
+    positions = starts[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
+    encoder_rows = None if encoder_tokens is None else jnp.take(encoder_tokens, slots, axis=0)
+    # ``starts`` is also the non-causal decoder's prefix length (n + 1); the others ignore it.
+    hidden, _ = _apply(config, params, inputs, positions, cache, starts, None, encoder_rows,
+                       return_hidden=True, method=Transformer.decode_with_cache)
+    logits = _apply(config, params, hidden, method=Transformer.logits_from_hidden)  # [r, w, V]
+    valid = targets > 0
+    log_probs = jnp.where(valid, token_log_probs(logits, targets), 0.0)
+    greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~valid, axis=-1)
+    first_log_prob, first_greedy = _first_only_impl(first_log_probs, slots, first)
+    return first_log_prob + jnp.sum(log_probs, axis=-1), first_greedy & greedy
+
+
+@functools.partial(jax.jit, static_argnames=("extra_slots",))
+def _start_generation(cache: Any, first_log_probs: Array, extra_slots: int,
+                      ) -> tuple[Any, Array, Array]:
+    """Room for ``extra_slots`` generated tokens; the first token and whether it is EOS."""
+    token = _greedy_token(first_log_probs)
+    return _pad_self_cache(cache, extra_slots), token, token == EOS_ID
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps"), donate_argnames=("cache",))
+def _decode_chunk(config: ModelConfig, params: Any, cache: Any, token: Array, positions: Array,
+                  done: Array, prefix_lengths: Array, encoder_tokens: Optional[Array],
+                  steps: int) -> tuple[Any, Array, Array, Array, Array]:
+    """``steps`` greedy steps: feeds ``token`` at ``positions``; finished rows emit padding."""
+
+    def step(carry, _):
+        cache, token, positions, done = carry
+        hidden, cache = _apply(config, params, token[:, None], positions[:, None], cache,
+                               prefix_lengths, None, encoder_tokens, return_hidden=True,
+                               method=Transformer.decode_with_cache)
+        logits = _apply(config, params, hidden, method=Transformer.logits_from_hidden)[:, 0]
+        token = jnp.where(done, PAD_ID, _greedy_token(logits))
+        return (cache, token, positions + 1, done | (token == EOS_ID)), token
+
+    (cache, token, positions, done), tokens = jax.lax.scan(
+        step, (cache, token, positions, done), None, length=steps)
+    return cache, token, positions, done, tokens.T  # tokens [b, steps]
+
+
+_first_only = jax.jit(lambda first_log_probs, slots, first:
+                      _first_only_impl(first_log_probs, slots, first))
+
+
+def _first_only_impl(first_log_probs: Array, slots: Array, first: Array) -> tuple[Array, Array]:
+    """Log-probability and greedy check of each row's first continuation token."""
+    distribution = jnp.take(first_log_probs, slots, axis=0)  # [r, vocab]
+    log_prob = jnp.take_along_axis(distribution, first[:, None], axis=-1)[:, 0]
+    return log_prob, jnp.argmax(distribution, axis=-1) == first
+
+
+def _greedy_token(logits: Array) -> Array:
+    """Argmax over the vocabulary, never the padding id (as models.decoding)."""
+    return jnp.argmax(logits.at[..., PAD_ID].set(-jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def _find_stop(tokens: Sequence[int], stops: Sequence[Sequence[int]]) -> Optional[int]:
+    """Index of the earliest occurrence of any stop sequence in ``tokens``, or None."""
+    best = None
+    for stop in stops:
+        width = len(stop)
+        for start in range(len(tokens) - width + 1):
+            if best is not None and start >= best:
+                break
+            if list(tokens[start:start + width]) == list(stop):
+                best = start
+                break
+    return best
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
