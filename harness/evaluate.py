@@ -160,14 +160,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
     from harness.lm_eval_adapter import ArchobjLM
 
     results: list[SuiteResult] = []
+    lm = None
     for suite, suite_tasks in plan.items():
         module = _suite_module(suite)
         _, inputs_length, targets_length = SUITES[suite]
-        report(f"{suite}: loading {checkpoint} step {step} "
-               f"({inputs_length} / {targets_length} tokens)")
-        lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
-                       step=step, batch_size=batch_size, max_inputs_length=inputs_length,
-                       max_targets_length=targets_length)
+        report(f"{suite}: {checkpoint} step {step}, {inputs_length} / {targets_length} tokens")
+        if lm is None:  # one model load serves every suite
+            lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
+                           step=step, batch_size=batch_size, max_inputs_length=inputs_length,
+                           max_targets_length=targets_length)
+        else:
+            lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()
         raw = module.evaluate(lm, data_dir=_data_dir(suite, data_dir, fixtures),
                               tasks=suite_tasks, limit=limit)

@@ -156,6 +156,12 @@ class ArchobjLM(TemplateLM):
     def tok_decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
+    def set_lengths(self, max_inputs_length: int, max_targets_length: int) -> None:
+        """Changes the length budgets (one loaded model serves EAI-Eval's 512 / 114 and T0-Eval's
+        1024 / 256); each new padded shape compiles once, as before."""
+        self.scorer.max_inputs_length = _as_int("max_inputs_length", max_inputs_length)
+        self.scorer.max_targets_length = _as_int("max_targets_length", max_targets_length)
+
     def score_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                      ) -> list[tuple[float, bool]]:
         """``(log p(continuation | context), is_greedy)`` per ``(context, continuation)`` ids."""
