@@ -78,7 +78,7 @@ def save_model(directory: PathLike, config: ModelConfig, params: Any,
         never overwritten), if an existing ``config.json`` is unreadable, or if it describes a
         different model while checkpoints already exist.
     """
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(directory).absolute()  # orbax wants absolute paths
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{directory}: step={step!r} must be a non-negative integer")
     if directory.exists() and not directory.is_dir():
@@ -136,7 +136,7 @@ def load_model(directory: PathLike, step: Optional[int] = None,
         if ``step`` does not exist, or if the checkpoint cannot be restored (corrupt, truncated, or
         a parameter tree that does not match the config).
     """
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(directory).absolute()
     config = read_config(directory)
     checkpoints = directory / CHECKPOINTS_DIR
     steps = _list_steps(checkpoints, require=True)

@@ -5,6 +5,7 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
 
     archobj model info PRESET [--arch A]        exact parameter count and training FLOPs per token
     archobj bench train [--preset P] [--arch A]   time the training step (PERF.md protocol)
+    archobj bench eval [--quick]                loglikelihood requests/s: archobj vs lm-eval's HF
     archobj convert hf-t5 SRC_DIR DST_DIR       Hugging Face T5 / T5-LM / T0 checkpoint -> archobj
     archobj data preview --arch A --objective O --source PATH --vocab V   what the model is fed
     archobj data bench --source PATH --vocab V  input-pipeline throughput per objective
@@ -88,6 +89,25 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
             microbatches=args.microbatches,
             label=f"{args.preset} {arch} ({cfg.dtype})")
         print(result.format(), flush=True)
+    return 0
+
+
+def _cmd_bench_eval(args: argparse.Namespace) -> int:
+    import os
+
+    # The reference model and task are written locally; nothing may be fetched.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from harness import bench_eval
+
+    chosen = {name: getattr(args, name) for name in
+              ("d_model", "num_layers", "questions", "batch_size", "repeats", "seed")
+              if getattr(args, name) is not None}
+    settings = (bench_eval.EvalBenchSettings.quick(**chosen) if args.quick
+                else bench_eval.EvalBenchSettings(**chosen))
+    result = bench_eval.run_eval_benchmark(settings, work_dir=args.work_dir,
+                                           log=lambda line: print(line, flush=True))
+    print(result.format(), flush=True)
     return 0
 
 
@@ -256,6 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--peak-tflops", type=float, default=None,
                              help="per-device peak for MFU on accelerators (CPU peak is measured)")
     bench_train.set_defaults(handler=_cmd_bench_train)
+    bench_eval = bench_commands.add_parser(
+        "eval", help="loglikelihood requests/s of the archobj lm-eval model and lm-eval's Hugging "
+                     "Face backend on the same random T5 weights, side by side")
+    bench_eval.add_argument("--quick", action="store_true",
+                            help="smoke-test size (d_model 64, 2+2 layers, 12 questions)")
+    bench_eval.add_argument("--d-model", type=int, help="model width (default 512)")
+    bench_eval.add_argument("--num-layers", type=int, help="layers per stack (default 6)")
+    bench_eval.add_argument("--questions", type=int,
+                            help="four-choice questions; requests = 4x (default 300)")
+    bench_eval.add_argument("--batch-size", type=int, help="both models' batch size (default 8)")
+    bench_eval.add_argument("--repeats", type=int, help="timed passes per model (default 3)")
+    bench_eval.add_argument("--seed", type=int, help="weights and questions (default 0)")
+    bench_eval.add_argument("--work-dir", help="keep the reference model and task here "
+                                               "(default: a temporary directory)")
+    bench_eval.set_defaults(handler=_cmd_bench_eval)
 
     convert = commands.add_parser("convert", help="import checkpoints from other frameworks")
     convert_commands = convert.add_subparsers(dest="convert_command", metavar="FORMAT",

@@ -68,6 +68,10 @@ class ArchobjLM(TemplateLM):
         ``max_targets_length`` (the study: 512 / 114).
       max_targets_length: see ``max_inputs_length``.
       max_gen_toks: default generation budget of ``generate_until``.
+      context_eos: ed only: close each context with EOS, as lm-eval's Hugging Face backend does for
+        T5 (its tokenizer appends EOS to the encoder input). The default (False) is the study's
+        harness, which tokenized inputs without EOS (AO ``t5x/eval_harness.py``). Set it to compare
+        with lm-eval's ``hf`` model on the same weights (``tests/test_eval_reference.py``).
 
     Raises:
       harness.checkpoint.CheckpointError: a missing or invalid checkpoint.
@@ -79,14 +83,14 @@ class ArchobjLM(TemplateLM):
                  architecture: Optional[str] = None, step: Optional[int] = None,
                  batch_size: Union[int, str] = 8, max_inputs_length: int = 512,
                  max_targets_length: int = 114, max_gen_toks: int = 256,
-                 **unused: Any) -> None:
+                 context_eos: Union[bool, str] = False, **unused: Any) -> None:
         super().__init__()
         unknown = sorted(set(unused) - set(_IGNORED_ARGUMENTS))
         if unknown:
             raise ValueError(
                 f"archobj model: unknown argument(s) {', '.join(unknown)}; allowed: checkpoint, "
                 "vocabulary, architecture, step, batch_size, max_inputs_length, "
-                "max_targets_length, max_gen_toks")
+                "max_targets_length, max_gen_toks, context_eos")
         batch_size = _as_int("batch_size", batch_size)
         max_gen_toks = _as_int("max_gen_toks", max_gen_toks)
         if step is not None:
@@ -96,6 +100,10 @@ class ArchobjLM(TemplateLM):
         # Everything a user can get wrong is checked before any parameter is read.
         config = ckpt.read_config(directory)
         resolved = resolve_architecture(config, architecture)
+        self.context_eos = _as_bool("context_eos", context_eos)
+        if self.context_eos and not resolved.is_encoder_decoder:
+            raise ValueError(f"context_eos=True: only for encoder-decoders (a {resolved.architecture} "
+                             "model reads context and continuation as one row)")
         if vocabulary is None:
             vocabulary = _run_vocabulary(directory)
         self.tokenizer: Tokenizer = load_tokenizer(_locate_vocabulary(vocabulary, directory))
@@ -145,9 +153,10 @@ class ArchobjLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None,
                    left_truncate_len: Optional[int] = None, **kwargs: Any) -> list[int]:
-        """Token ids of ``string``; EOS is appended only if ``add_special_tokens`` is True."""
+        """Token ids of ``string``. EOS is appended if ``add_special_tokens`` is True, or if it is
+        None (lm-eval's call for a seq2seq context) and ``context_eos`` is set."""
         ids = self.tokenizer.encode(string)
-        if add_special_tokens:
+        if add_special_tokens or (add_special_tokens is None and self.context_eos):
             ids.append(self.eot_token_id)
         if left_truncate_len:
             ids = ids[-left_truncate_len:]
@@ -270,6 +279,15 @@ def _locate_vocabulary(vocabulary: str, directory: pathlib.Path) -> str:
     if not path.is_absolute() and not path.exists() and (directory / path).is_file():
         return str(directory / path)
     return vocabulary
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    """Booleans from lm-eval's model_args strings ("true", "False") as well as bools."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: must be true or false")
+    return value
 
 
 def _as_int(name: str, value: Any) -> int:

@@ -108,7 +108,7 @@ class TrainCheckpointer:
           CheckpointError: for a bad option, or a ``config.json`` that holds a different model
             while checkpoints already exist.
         """
-        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir = pathlib.Path(run_dir).absolute()  # orbax wants absolute paths
         self.directory = self.run_dir / CHECKPOINTS_DIR
         if not _is_count(every) or every < 1:
             raise CheckpointError(f"{self.run_dir}: every={every!r} must be an integer >= 1")

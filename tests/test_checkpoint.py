@@ -83,6 +83,16 @@ def test_numpy_params_round_trip(tmp_path):
     _assert_bit_equal(params, loaded)
 
 
+def test_relative_directories_work(tmp_path, monkeypatch):
+    """orbax wants absolute paths; ``archobj convert hf-t5 SRC runs/t0`` passes a relative one."""
+    cfg = _tiny("cd")
+    params = jax.tree.map(np.asarray, _random_params(cfg, 2))
+    monkeypatch.chdir(tmp_path)
+    save_model("runs/model", cfg, params, step=3)
+    assert available_steps("runs/model") == [3]
+    _assert_bit_equal(params, load_model("runs/model")[1])
+
+
 def test_restore_onto_mesh_with_requested_shardings(saved_ed):
     directory, cfg, _, params7 = saved_ed
     mesh = shd.make_mesh(4, 2)
