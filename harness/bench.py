@@ -149,8 +149,12 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
                   inputs_length: int = 512, targets_length: int = 114, steps: int = 10,
                   repeats: int = 3, warmup: int = 2, mesh_shape: tuple[int, int] = (-1, 1),
                   microbatches: int = 1,
-                  peak_tflops: Optional[float] = None, label: str = "") -> BenchResult:
-    """Benchmarks one train step of ``config`` (see module docstring) and returns its figures."""
+                  peak_tflops: Optional[float] = None, label: str = "",
+                  peak_sizes: tuple[int, ...] = (1024, 2048, 4096)) -> BenchResult:
+    """Benchmarks one train step of ``config`` (see module docstring) and returns its figures.
+
+    ``peak_sizes``: the square matmuls that measure the CPU peak (PERF.md: 1024 to 4096).
+    """
     mesh = sharding.make_mesh(*mesh_shape)
     batch_np, flops = synthetic_batch(config, batch_size, length, inputs_length, targets_length)
     # The study's optimiser and schedule (PAPER.md 2.1), through the training loop's own step.
@@ -179,7 +183,7 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
     memory = compiled.memory_analysis()
 
     on_cpu = jax.devices()[0].platform == "cpu"
-    peaks = [measure_matmul_peak(config.dtype)] if on_cpu and peak_tflops is None else []
+    peaks = [measure_matmul_peak(config.dtype, peak_sizes)] if on_cpu and peak_tflops is None else []
     for _ in range(warmup):
         state, metrics = compiled(state, batch, rng)
     jax.block_until_ready(metrics)
@@ -191,7 +195,7 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
         jax.block_until_ready(metrics)
         intervals.append((time.perf_counter() - start) / steps)
     if peaks:
-        peaks.append(measure_matmul_peak(config.dtype))
+        peaks.append(measure_matmul_peak(config.dtype, peak_sizes))
     peak = max(peaks) if peaks else (peak_tflops * 1e12 * mesh.size if peak_tflops else None)
     tokens = sum(int(np.prod(batch_np[k].shape)) for k in batch_np
                  if k in ("encoder_input_tokens", "decoder_target_tokens"))
