@@ -133,7 +133,6 @@ def pretraining_batches(spec: DataSpec, global_batch_size: int, *, start_step: i
 def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_size: int, *,
                 inputs_length: int, targets_length: int, seed: int = 0, pack: bool = True,
                 start_step: int = 0, host_index: int = 0, num_hosts: int = 1,
-                max_examples_per_dataset: Optional[int] = None,
                 ) -> Iterator[Mapping[str, np.ndarray]]:
     """Multitask-finetuning batches from the T0 training mixture (PAPER.md 3.3), like
     ``pretraining_batches``: deterministic in ``seed``, this host's share, resumable by skipping.
@@ -154,7 +153,6 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
       seed: the stream's one seed (mixture sampling, shuffling).
       pack: pack several examples per row (the study packs MTF).
       start_step, host_index, num_hosts: as ``pretraining_batches``.
-      max_examples_per_dataset: the mixture's rate cap; None for T0's 500,000.
     """
     if global_batch_size % num_hosts:
         raise ValueError(f"global_batch_size={global_batch_size}: must divide evenly among "
@@ -167,12 +165,10 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
     from objectives import t0, vocab
 
     vocab_ = vocab.load_vocabulary(vocabulary)
-    cap = {} if max_examples_per_dataset is None else {
-        "max_examples_per_dataset": max_examples_per_dataset}
     if source == "t0-hf":
         mixture = t0.register_t0_mixture_from_hf(vocab_)
-    else:
-        mixture = t0.register_t0_mixture_from_jsonl(source, vocab_, **cap)
+    else:  # T0's rates and 500,000 cap over the local files (objectives/t0.py)
+        mixture = t0.register_t0_mixture_from_jsonl(source, vocab_)
     import seqio
     import tensorflow as tf
 
