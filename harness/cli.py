@@ -212,6 +212,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                         limit=args.limit, data_dir=args.data_dir, fixtures=args.fixtures,
                         step=args.step, architecture=args.as_arch, vocabulary=args.vocab,
                         batch_size=args.batch_size, out_dir=args.out,
+                        mesh=tuple(args.mesh) if args.mesh else None,
                         report=lambda line: print(line, flush=True))
     return 0
 
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--vocab", help="tokenizer: t5, byte or a SentencePiece model "
                                             "(default: the run's data.vocabulary)")
     evaluation.add_argument("--batch-size", type=int, default=8, help="rows per call (default 8)")
+    evaluation.add_argument("--mesh", type=int, nargs=2, metavar=("DATA", "MODEL"),
+                            help="shard the model over the devices, e.g. --mesh 1 8 for an 11B "
+                                 "model on 8 GPUs (-1 fills; default: one device)")
     evaluation.add_argument("--out", help="write results here instead of CHECKPOINT/eval/step_<N>")
     evaluation.add_argument("--verbose", action="store_true",
                             help="show lm-eval's own warnings and notices")

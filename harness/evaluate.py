@@ -123,6 +123,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
                         data_dir: Optional[str] = None, fixtures: bool = False,
                         step: Optional[int] = None, architecture: Optional[str] = None,
                         vocabulary: Optional[str] = None, batch_size: int = 8,
+                        mesh: Optional[tuple[int, int]] = None,
                         out_dir: Optional[str | os.PathLike] = None,
                         report: Callable[[str], None] = print) -> list[SuiteResult]:
     """Evaluates ``checkpoint`` on ``suites``; see the module docstring.
@@ -139,6 +140,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
       architecture: evaluate a cd checkpoint as nd or the reverse (PAPER.md 3.1).
       vocabulary: the tokenizer; None for the run's ``data.vocabulary``.
       batch_size: rows per device call.
+      mesh: ``(data, model)``: shard the parameters over the devices by the training rules
+        (a model larger than one device); None: one device.
       out_dir: where to write; default ``<checkpoint>/eval/step_<N>``.
       report: receives progress lines and the summary tables.
 
@@ -168,7 +171,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         if lm is None:  # one model load serves every suite
             lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
                            step=step, batch_size=batch_size, max_inputs_length=inputs_length,
-                           max_targets_length=targets_length)
+                           max_targets_length=targets_length, mesh=mesh)
         else:
             lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()

@@ -68,6 +68,9 @@ class ArchobjLM(TemplateLM):
         ``max_targets_length`` (the study: 512 / 114).
       max_targets_length: see ``max_inputs_length``.
       max_gen_toks: default generation budget of ``generate_until``.
+      mesh: ``"DATA,MODEL"`` (or a pair): shard the parameters over a device mesh by the training
+        rules, the model axis splitting heads, MLP and vocabulary (-1 fills the devices); e.g.
+        ``"1,8"`` spreads an 11B model over 8 GPUs. None: one device.
       context_eos: ed only: close each context with EOS, as lm-eval's Hugging Face backend does for
         T5 (its tokenizer appends EOS to the encoder input). The default (False) is the study's
         harness, which tokenized inputs without EOS (AO ``t5x/eval_harness.py``). Set it to compare
@@ -83,14 +86,15 @@ class ArchobjLM(TemplateLM):
                  architecture: Optional[str] = None, step: Optional[int] = None,
                  batch_size: Union[int, str] = 8, max_inputs_length: int = 512,
                  max_targets_length: int = 114, max_gen_toks: int = 256,
-                 context_eos: Union[bool, str] = False, **unused: Any) -> None:
+                 context_eos: Union[bool, str] = False,
+                 mesh: Union[None, str, Sequence[int]] = None, **unused: Any) -> None:
         super().__init__()
         unknown = sorted(set(unused) - set(_IGNORED_ARGUMENTS))
         if unknown:
             raise ValueError(
                 f"archobj model: unknown argument(s) {', '.join(unknown)}; allowed: checkpoint, "
                 "vocabulary, architecture, step, batch_size, max_inputs_length, "
-                "max_targets_length, max_gen_toks, context_eos")
+                "max_targets_length, max_gen_toks, context_eos, mesh")
         batch_size = _as_int("batch_size", batch_size)
         max_gen_toks = _as_int("max_gen_toks", max_gen_toks)
         if step is not None:
@@ -115,7 +119,8 @@ class ArchobjLM(TemplateLM):
 
         self.scorer = Scorer.from_checkpoint(
             directory, step=step, architecture=architecture, batch_size=batch_size,
-            max_inputs_length=max_inputs_length, max_targets_length=max_targets_length)
+            max_inputs_length=max_inputs_length, max_targets_length=max_targets_length,
+            mesh_shape=_mesh_shape(mesh))
         self.checkpoint = str(directory)
         self.step = step
         self.vocabulary = vocabulary
@@ -279,6 +284,20 @@ def _locate_vocabulary(vocabulary: str, directory: pathlib.Path) -> str:
     if not path.is_absolute() and not path.exists() and (directory / path).is_file():
         return str(directory / path)
     return vocabulary
+
+
+def _mesh_shape(mesh: Union[None, str, Sequence[int]]) -> Optional[tuple[int, int]]:
+    """``"4,2"`` / ``(4, 2)`` -> ``(4, 2)``; None stays None."""
+    if mesh is None:
+        return None
+    parts = mesh.replace(" ", "").split(",") if isinstance(mesh, str) else list(mesh)
+    try:
+        shape = tuple(int(part) for part in parts)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 2:
+        raise ValueError(f"mesh={mesh!r}: must be DATA,MODEL, e.g. '1,8' or '-1,2'")
+    return shape  # type: ignore[return-value]
 
 
 def _as_bool(name: str, value: Any) -> bool:

@@ -121,6 +121,10 @@ class Scorer:
       length_buckets: the padded lengths to use (each axis adds its own limit as the last bucket);
         default ``DEFAULT_LENGTH_BUCKETS``.
       generate_chunk: greedy steps per device call in ``generate`` (stops are checked between).
+      mesh: a ``(data, model)`` device mesh (``models.sharding.make_mesh``) whose parameters are
+        sharded by the model's logical axis rules, as in training: the model axis splits heads,
+        MLP and vocabulary, so a model too large for one device is scored across several. None
+        (the default) puts the parameters on one device.
 
     Raises:
       ValueError: a bad argument or architecture switch (one line, before any compile).
@@ -130,7 +134,7 @@ class Scorer:
                  architecture: Optional[str] = None, batch_size: int = 8,
                  max_inputs_length: int = 512, max_targets_length: int = 114,
                  length_buckets: Optional[Sequence[int]] = None,
-                 generate_chunk: int = DEFAULT_GENERATE_CHUNK) -> None:
+                 generate_chunk: int = DEFAULT_GENERATE_CHUNK, mesh: Any = None) -> None:
         for name, value in (("batch_size", batch_size), ("max_inputs_length", max_inputs_length),
                             ("max_targets_length", max_targets_length),
                             ("generate_chunk", generate_chunk)):
@@ -142,7 +146,9 @@ class Scorer:
         for value in buckets:
             _check_positive_int("length_buckets", value)
         self.config = resolve_architecture(model_config, architecture)
-        self.params = jax.device_put(params)
+        self.mesh = mesh
+        self.params = (jax.device_put(params) if mesh is None
+                       else jax.device_put(params, param_shardings(self.config, mesh)))
         self.batch_size = batch_size
         self.max_inputs_length = max_inputs_length
         self.max_targets_length = max_targets_length
@@ -151,10 +157,14 @@ class Scorer:
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, step: Optional[int] = None,
-                        architecture: Optional[str] = None, **kwargs: Any) -> "Scorer":
+                        architecture: Optional[str] = None,
+                        mesh_shape: Optional[tuple[int, int]] = None,
+                        **kwargs: Any) -> "Scorer":
         """A ``Scorer`` over a model or run directory (``harness.checkpoint`` format).
 
         The architecture switch is checked against ``config.json`` before any parameter is read.
+        With ``mesh_shape=(data, model)`` (-1 fills the devices), each device reads only its own
+        shards of the parameters.
 
         Raises:
           harness.checkpoint.CheckpointError: a missing or invalid directory, step or checkpoint.
@@ -162,9 +172,25 @@ class Scorer:
         """
         from harness import checkpoint  # orbax: only needed here
 
-        resolve_architecture(checkpoint.read_config(path), architecture)
-        config, params = checkpoint.load_model(path, step)
-        return cls(config, params, architecture=architecture, **kwargs)
+        config = checkpoint.read_config(path)
+        resolve_architecture(config, architecture)
+        mesh = None
+        if mesh_shape is not None:
+            from models import sharding
+
+            data, model = mesh_shape
+            if model < 1 or jax.device_count() % model or (data != -1 and data * model
+                                                            != jax.device_count()):
+                raise ValueError(f"mesh_shape={tuple(mesh_shape)}: must cover the "
+                                 f"{jax.device_count()} devices as (data, model); -1 fills")
+            for name in ("num_heads", "d_ff", "vocab_size"):
+                if getattr(config, name) % model:
+                    raise ValueError(f"mesh_shape={tuple(mesh_shape)}: the model axis {model} "
+                                     f"must divide {name}={getattr(config, name)}")
+            mesh = sharding.make_mesh(data, model)
+        config, params = checkpoint.load_model(
+            path, step, shardings=None if mesh is None else param_shardings(config, mesh))
+        return cls(config, params, architecture=architecture, mesh=mesh, **kwargs)
 
     # ---------------------------------------------------------------------------------------------
     # Public API.
@@ -195,6 +221,20 @@ class Scorer:
           ValueError: a token id outside the model's vocabulary or a continuation longer than the
             budget, naming the request; raised before anything is computed.
         """
+        with self._on_mesh():
+            return self._loglikelihood(requests)
+
+    def _on_mesh(self):
+        """The mesh and logical axis rules the model's sharding constraints resolve against."""
+        import contextlib
+
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        from models import sharding
+
+        return sharding.mesh_context(self.mesh)
+
+    def _loglikelihood(self, requests: Sequence[Request]) -> list[tuple[float, bool]]:
         prepared = [self._prepare(index, context, continuation)
                     for index, (context, continuation) in enumerate(requests)]
         results: list[Optional[tuple[float, bool]]] = [None] * len(prepared)
@@ -252,6 +292,11 @@ class Scorer:
         Raises:
           ValueError: bad ``max_new_tokens``, ``stop`` or token ids (one line).
         """
+        with self._on_mesh():
+            return self._generate(contexts, max_new_tokens, stop)
+
+    def _generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: int,
+                  stop: StopSpec) -> list[list[int]]:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
                 or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
@@ -434,6 +479,15 @@ class Scorer:
 # config shares their compiles (several checkpoints of one run compile once). Static shapes, no
 # host syncs.
 # -------------------------------------------------------------------------------------------------
+
+def param_shardings(config: ModelConfig, mesh: Any) -> Any:
+    """The parameters' ``NamedSharding`` s on ``mesh`` by the logical axis rules (training's)."""
+    from models import sharding
+    from models.transformer import init_fn
+
+    abstract = jax.eval_shape(init_fn(config), jax.random.key(0))
+    return sharding.logical_to_shardings(abstract, mesh)["params"]
+
 
 def _apply(config: ModelConfig, params: Any, *args: Any, **kwargs: Any) -> Any:
     return Transformer(config).apply({"params": params}, *args, **kwargs)

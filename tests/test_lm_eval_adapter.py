@@ -138,6 +138,9 @@ def test_errors_are_one_line(checkpoints, tmp_path):
     with pytest.raises(ValueError) as excinfo:
         ArchobjLM(str(run), pretrained="gpt2")
     assert_one_line_error(excinfo, "pretrained")
+    with pytest.raises(ValueError) as excinfo:
+        ArchobjLM(str(run), mesh="4")
+    assert_one_line_error(excinfo, "mesh='4'", "DATA,MODEL")
     with pytest.raises(ValueError) as excinfo:  # decoders read context + continuation as one row
         ArchobjLM(str(run), context_eos=True)
     assert_one_line_error(excinfo, "context_eos=True", "encoder-decoders")

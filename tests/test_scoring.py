@@ -324,3 +324,37 @@ def test_from_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError) as excinfo:
         Scorer.from_checkpoint(tmp_path / "missing")
     assert_one_line_error(excinfo, "missing")
+
+
+@pytest.mark.parametrize("arch", ["nd", "ed"])
+def test_scoring_on_a_mesh_equals_one_device(built, decoder_params, ed_params, arch):
+    """Parameters sharded over a (4, 2) mesh by the training rules give the same scores (and, for
+    nd, the same generations) as one device."""
+    from jax.sharding import PartitionSpec as P
+    from models import sharding
+
+    scorer, _, requests, scores = built(arch)
+    mesh = sharding.make_mesh(4, 2)
+    params = ed_params if arch == "ed" else decoder_params
+    sharded = _scorer(tiny_config("ed" if arch == "ed" else "cd", vocab_size=VOCAB), params,
+                      architecture=arch, buckets=scorer.length_buckets, mesh=mesh)
+    stack = "decoder" if arch != "ed" else "encoder"
+    query = sharded.params[stack]["layers"]["self_attention"]["query"]
+    assert query.sharding.spec == P(None, None, sharding.MODEL, None)  # heads split over "model"
+    np.testing.assert_allclose([s for s, _ in sharded.loglikelihood(requests)],
+                               [s for s, _ in scores], rtol=0, atol=TOLERANCE)  # whole model
+    if arch == "nd":
+        contexts = [c for c, _ in requests[:4]]
+        assert sharded.generate(contexts, MAX_NEW) == scorer.generate(contexts, MAX_NEW)
+
+
+def test_mesh_shape_must_fit_devices_and_model(tmp_path, decoder_params):
+    from harness.checkpoint import save_model
+
+    save_model(tmp_path / "m", tiny_config("cd", vocab_size=VOCAB), decoder_params)
+    with pytest.raises(ValueError) as excinfo:
+        Scorer.from_checkpoint(tmp_path / "m", mesh_shape=(3, 1))
+    assert_one_line_error(excinfo, "mesh_shape=(3, 1)", "devices")
+    with pytest.raises(ValueError) as excinfo:
+        Scorer.from_checkpoint(tmp_path / "m", mesh_shape=(2, 4))  # tiny has 2 heads
+    assert_one_line_error(excinfo, "model axis 4", "num_heads=2")
