@@ -11,7 +11,8 @@ T0-Eval by rank classification at 1024 / 256. The results of a suite go to
                                                       per-prompt scores), plus run metadata
     <checkpoint>/eval/step_<N>/<suite>_summary.json   the per-task table printed at the end
 
-(``--out DIR`` writes them elsewhere). A suite's files are written atomically when it finishes, so
+(``--out DIR`` writes them elsewhere; smoke runs with ``--fixtures`` or ``--limit`` go to
+``step_<N>-fixtures-limit<k>`` so they never replace a real evaluation). A suite's files are written atomically when it finishes, so
 a failure in a later suite, or a re-run that fails, never loses results already written.
 
 Everything a user can get wrong (suite and task names, the checkpoint, the step, the data directory)
@@ -112,6 +113,13 @@ def resolve_step(checkpoint: pathlib.Path, step: Optional[int]) -> int:
     return step
 
 
+def results_dir_name(step: int, fixtures: bool = False, limit: Optional[int] = None) -> str:
+    """``step_<N>`` for a full evaluation; smoke runs (fixtures, ``limit``) get their own directory,
+    ``step_<N>-fixtures-limit<k>``, so they never overwrite a real evaluation's results."""
+    return (f"step_{step}" + ("-fixtures" if fixtures else "")
+            + (f"-limit{limit}" if limit is not None else ""))
+
+
 def _data_dir(suite: str, data_dir: Optional[str], fixtures: bool) -> Optional[str]:
     if fixtures:
         return str(_suite_module(suite).FIXTURE_DIR)
@@ -158,7 +166,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
     plan = split_tasks(list(suites), list(tasks) if tasks is not None else None)
     checkpoint = pathlib.Path(checkpoint).expanduser()
     step = resolve_step(checkpoint, step)
-    out = pathlib.Path(out_dir) if out_dir is not None else checkpoint / EVAL_DIR / f"step_{step}"
+    out = (pathlib.Path(out_dir) if out_dir is not None
+           else checkpoint / EVAL_DIR / results_dir_name(step, fixtures, limit))
 
     from harness.lm_eval_adapter import ArchobjLM
 

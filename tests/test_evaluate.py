@@ -31,7 +31,7 @@ def test_both_suites_run_on_the_fixtures_and_write_into_the_run_directory(checkp
                  "2") == 0
     out = capsys.readouterr().out
     assert "COPA" in out and "copa" in out  # both summary tables
-    step_dir = checkpoint / "eval" / "step_7"
+    step_dir = checkpoint / "eval" / "step_7-fixtures-limit2"  # never a real run's directory
     eai = json.loads((step_dir / "eai.json").read_text())
     t0 = json.loads((step_dir / "t0.json").read_text())
     assert set(eai["results"]) == {"copa"} and eai["archobj"]["step"] == 7
@@ -46,7 +46,7 @@ def test_both_suites_run_on_the_fixtures_and_write_into_the_run_directory(checkp
     empty = checkpoint / "no_data"
     empty.mkdir()
     assert _eval(checkpoint, "--suite", "t0", "--data-dir", empty, "--vocab", "byte",
-                 "--tasks", "copa") == 2
+                 "--tasks", "copa", "--out", step_dir) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("archobj: error:") and "\n" not in error and "copa" in error.lower()
     assert (step_dir / "t0.json").read_bytes() == before
