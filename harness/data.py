@@ -115,15 +115,24 @@ def pretraining_batches(spec: DataSpec, global_batch_size: int, *, start_step: i
     Yields:
       ``{feature name: np.ndarray [global_batch_size / num_hosts, length]}``.
     """
+    _check_stream(global_batch_size, num_hosts, start_step)
+    dataset = build_dataset(spec, batch_size=global_batch_size // num_hosts, split=split,
+                            shard_index=host_index, num_shards=num_hosts)
+    return _from_step(dataset, start_step)
+
+
+def _check_stream(global_batch_size: int, num_hosts: int, start_step: int) -> None:
     if global_batch_size % num_hosts:
         raise ValueError(f"global_batch_size={global_batch_size}: must divide evenly among "
                          f"num_hosts={num_hosts}")
     if start_step < 0:
         raise ValueError(f"start_step={start_step}: must be >= 0")
+
+
+def _from_step(dataset, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
+    """Numpy batches of ``dataset`` from batch ``start_step`` on, in a fixed order."""
     import tensorflow as tf
 
-    dataset = build_dataset(spec, batch_size=global_batch_size // num_hosts, split=split,
-                            shard_index=host_index, num_shards=num_hosts)
     options = tf.data.Options()
     options.deterministic = True  # parallel maps must not reorder elements
     dataset = dataset.with_options(options).skip(start_step).prefetch(tf.data.AUTOTUNE)
@@ -154,11 +163,7 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
       pack: pack several examples per row (the study packs MTF).
       start_step, host_index, num_hosts: as ``pretraining_batches``.
     """
-    if global_batch_size % num_hosts:
-        raise ValueError(f"global_batch_size={global_batch_size}: must divide evenly among "
-                         f"num_hosts={num_hosts}")
-    if start_step < 0:
-        raise ValueError(f"start_step={start_step}: must be >= 0")
+    _check_stream(global_batch_size, num_hosts, start_step)
     if architecture not in ("cd", "nd", "ed"):
         raise ValueError(f"architecture={architecture!r}: must be one of ['cd', 'nd', 'ed']")
     hide_gpus_from_tensorflow()
@@ -170,7 +175,6 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
     else:  # T0's rates and 500,000 cap over the local files (objectives/t0.py)
         mixture = t0.register_t0_mixture_from_jsonl(source, vocab_)
     import seqio
-    import tensorflow as tf
 
     lengths = {"inputs": inputs_length, "targets": targets_length}
     shard_info = seqio.ShardInfo(host_index, num_hosts) if num_hosts > 1 else None
@@ -180,10 +184,7 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
                  seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
     dataset = converter(dataset, lengths).batch(global_batch_size // num_hosts,
                                                 drop_remainder=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    dataset = dataset.with_options(options).skip(start_step).prefetch(tf.data.AUTOTUNE)
-    return dataset.as_numpy_iterator()
+    return _from_step(dataset, start_step)
 
 
 # -------------------------------------------------------------------------------------------------

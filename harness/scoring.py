@@ -179,15 +179,14 @@ class Scorer:
             from models import sharding
 
             data, model = mesh_shape
-            if model < 1 or jax.device_count() % model or (data != -1 and data * model
-                                                            != jax.device_count()):
-                raise ValueError(f"mesh_shape={tuple(mesh_shape)}: must cover the "
-                                 f"{jax.device_count()} devices as (data, model); -1 fills")
+            try:
+                mesh = sharding.make_mesh(data, model)  # checks that it covers the devices
+            except ValueError as error:
+                raise ValueError(f"mesh_shape={tuple(mesh_shape)}: {error}") from None
             for name in ("num_heads", "d_ff", "vocab_size"):
                 if getattr(config, name) % model:
                     raise ValueError(f"mesh_shape={tuple(mesh_shape)}: the model axis {model} "
                                      f"must divide {name}={getattr(config, name)}")
-            mesh = sharding.make_mesh(data, model)
         config, params = checkpoint.load_model(
             path, step, shardings=None if mesh is None else param_shardings(config, mesh))
         return cls(config, params, architecture=architecture, mesh=mesh, **kwargs)
