@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness.optim import make_optimizer, make_schedule
+from harness.optim import logical_axes_of, make_optimizer, make_schedule
 from harness.state import create_train_state, state_shardings
 from harness.steps import make_train_step
 from models import sharding
@@ -159,8 +159,9 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
     batch_np, flops = synthetic_batch(config, batch_size, length, inputs_length, targets_length)
     # The study's optimiser and schedule (PAPER.md 2.1), through the training loop's own step.
     schedule = make_schedule("rsqrt", 1.0, 10_000, steps)
-    optimizer = make_optimizer("adafactor", schedule)
     abstract = jax.eval_shape(init_fn(config), jax.random.key(0))
+    optimizer = make_optimizer("adafactor", schedule, logical_axes=logical_axes_of(
+        abstract["params"]))
     param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
     shardings = state_shardings(param_shardings, optimizer, abstract["params"], mesh)
     rng = jax.random.key(0)

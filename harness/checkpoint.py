@@ -42,6 +42,8 @@ CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 PARAMS_ITEM = "params"
 MODEL_KEY = "model"
+# config.json's record of the tokenizer of a saved model; a training run's is "run"/"data".
+VOCABULARY_KEY = "vocabulary"
 
 # How many names an error message lists before it says "... and N more".
 _MAX_NAMES = 5
@@ -56,7 +58,7 @@ class CheckpointError(ValueError):
 # -------------------------------------------------------------------------------------------------
 
 def save_model(directory: PathLike, config: ModelConfig, params: Any,
-               step: int = 0) -> pathlib.Path:
+               step: int = 0, vocabulary: Optional[str] = None) -> pathlib.Path:
     """Writes ``config.json`` and the parameters of one step into a model directory.
 
     The parameters are checked against ``config`` (names and shapes) before anything is written, and
@@ -69,6 +71,9 @@ def save_model(directory: PathLike, config: ModelConfig, params: Any,
       params: the parameter tree (``variables["params"]``; boxed or unboxed, numpy or jax arrays,
         sharded or not).
       step: the step number to save under ``checkpoints/<step>``.
+      vocabulary: the tokenizer the model reads (``"t5"``, ``"byte"`` or a SentencePiece model; a
+        relative path is looked up in the model directory first), recorded as ``"vocabulary"`` so
+        that evaluation needs no ``--vocab`` (``read_vocabulary``).
 
     Returns:
       The path of the step directory that was written.
@@ -99,6 +104,8 @@ def save_model(directory: PathLike, config: ModelConfig, params: Any,
     # config.json first: a crash between the two writes leaves a config without checkpoints (which
     # load_model reports clearly), never a checkpoint without the config needed to read it.
     document = updated_config_document(directory, config, existing_steps)
+    if vocabulary is not None:
+        document[VOCABULARY_KEY] = str(vocabulary)
     directory.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         write_json_atomically(directory / CONFIG_FILE, document)
@@ -179,6 +186,26 @@ def read_config(directory: PathLike) -> ModelConfig:
             "harness.checkpoint.save_model (or harness.convert)")
     document = _read_config_document(directory / CONFIG_FILE, required=True)
     return _model_config_from_document(document, directory / CONFIG_FILE)
+
+
+def read_vocabulary(directory: PathLike) -> Optional[str]:
+    """The vocabulary a model or run directory records, or None if it records none.
+
+    A model saved with ``save_model(..., vocabulary=...)`` (or converted with its tokenizer) records
+    ``"vocabulary"``; a training run records the ``data.vocabulary`` it was trained with in
+    ``"run"``.
+
+    Raises:
+      CheckpointError: ``config.json`` is missing or not a JSON object.
+    """
+    document = _read_config_document(pathlib.Path(directory) / CONFIG_FILE, required=True)
+    run = document.get("run")
+    data = run.get("data") if isinstance(run, dict) else None
+    for vocabulary in (document.get(VOCABULARY_KEY),
+                       data.get("vocabulary") if isinstance(data, dict) else None):
+        if isinstance(vocabulary, str) and vocabulary:
+            return vocabulary
+    return None
 
 
 def update_config(directory: PathLike, entries: Mapping[str, Any]) -> None:

@@ -129,6 +129,9 @@ def _data_spec(args: argparse.Namespace, architecture: str, objective: str):
 
 
 def _cmd_data_preview(args: argparse.Namespace) -> int:
+    from objectives.tasks import check_compatible
+
+    check_compatible(args.arch, args.objective)  # before TensorFlow starts (seconds)
     from harness.data import describe_example, format_description, pretraining_batches
     from objectives.vocab import load_vocabulary
 
@@ -179,8 +182,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harness import config as config_lib
     from harness.distributed import initialize_if_multiprocess, launch_plan
 
+    from harness import run_record
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = config_lib.load_config(args.config, args.set or ())
+    # The checks that need no device, before JAX starts: a typo in a path or a run directory that
+    # holds another run is reported at once, and nothing is written (harness.loop.preflight).
+    config_lib.check_inputs(config)
+    run_record.check_resume(config)
     # Join a multi-process job (SLURM, TPU pod, explicit coordinator) before JAX sees any device.
     initialize_if_multiprocess(launch_plan(coordinator_address=args.coordinator_address,
                                            num_processes=args.num_processes,
@@ -211,7 +220,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     evaluate_checkpoint(args.checkpoint, args.suite or ["eai", "t0"], tasks=tasks,
                         limit=args.limit, data_dir=args.data_dir, fixtures=args.fixtures,
                         step=args.step, architecture=args.as_arch, vocabulary=args.vocab,
-                        batch_size=args.batch_size, out_dir=args.out,
+                        batch_size=args.batch_size, out_dir=args.out, dtype=args.dtype,
                         mesh=tuple(args.mesh) if args.mesh else None,
                         report=lambda line: print(line, flush=True))
     return 0
@@ -372,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--mesh", type=int, nargs=2, metavar=("DATA", "MODEL"),
                             help="shard the model over the devices, e.g. --mesh 1 8 for an 11B "
                                  "model on 8 GPUs (-1 fills; default: one device)")
+    evaluation.add_argument("--dtype", choices=("float32", "bfloat16"),
+                            help="compute dtype instead of the checkpoint's (float32 scores a "
+                                 "bfloat16 model in full precision; results go to "
+                                 "step_<N>-float32)")
     evaluation.add_argument("--out", help="write results here instead of CHECKPOINT/eval/step_<N>")
     evaluation.add_argument("--verbose", action="store_true",
                             help="show lm-eval's own warnings and notices")

@@ -58,7 +58,10 @@ import yaml
 from models import config as model_config_lib
 from models.config import ModelConfig
 from objectives import lengths as lengths_lib
+from objectives import sources as sources_lib
+from objectives import t0 as t0_lib
 from objectives import tasks
+from objectives import vocab as vocab_lib
 
 # The format of harness/checkpoint.py (kept equal to its constants; tests/test_config_run.py checks
 # it). Duplicated so that building a configuration does not import orbax.
@@ -67,6 +70,8 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_KEY = "model"
 # The top-level key of config.json that holds ``to_dict(config)``.
 RUN_KEY = "run"
+# The top-level key of config.json that lists each restart of the run (harness/run_record.py).
+RESUMES_KEY = "resumes"
 
 OBJECTIVES = ("flm", "plm", "mlm", "mtf")  # mtf: multitask finetuning on the T0 mixture
 PRETRAINING_OBJECTIVES = tasks.OBJECTIVES
@@ -77,9 +82,12 @@ C4_SOURCES = ("c4", "c4-tfds", "c4-hf")
 # Ids of the named vocabularies (objectives/vocab.py): T5's 32,000 pieces + 100 sentinels, and
 # seqio's ByteVocabulary (3 specials + 256 bytes + 100 sentinels). The model's embedding must have
 # a row for each; JAX clamps out-of-range gathers, so a smaller table would train on garbage.
-VOCABULARY_IDS = {"t5": 32_100, "byte": 359}
+VOCABULARY_IDS = {"t5": vocab_lib.T5_VOCAB_SIZE, "byte": vocab_lib.BYTE_VOCAB_SIZE}
+# Embedding rows are padded to a multiple of this (T5's 32,100 ids -> 32,128, PAPER.md Table 1).
+VOCAB_SIZE_MULTIPLE = 128
 
-OPTIMIZERS = ("adafactor", "adamw")
+# "adafactor": t5x's, as the study ran it; "adafactor_optax": optax's (harness/optim.py).
+OPTIMIZERS = ("adafactor", "adafactor_optax", "adamw")
 SCHEDULES = ("rsqrt", "constant", "cosine")
 LOSS_NORMALIZATIONS = ("sum", "tokens")
 STAGE_KINDS = ("pretrain", "adapt", "finetune")
@@ -363,7 +371,8 @@ class OptimConfig(_Section):
     the study).
 
     Attributes:
-      name: "adafactor" or "adamw".
+      name: "adafactor" (t5x's, the study's), "adafactor_optax" (optax's: other factoring, see
+        ``harness/optim.py``) or "adamw".
       schedule: "rsqrt", "constant" or "cosine".
       learning_rate: base rate (the rsqrt multiplier, the constant rate, or the cosine peak).
       warmup_steps: rsqrt: steps of the flat start; cosine: linear warmup steps; constant: unused.
@@ -592,6 +601,13 @@ class RunConfig:
       run_dir: where the stage writes ``config.json``, checkpoints and metrics; ``load_config``
         defaults it to ``runs/<name>``.
       model, data, optim, train, checkpoint, mesh, stage, eval: the sections.
+
+    The model's embedding fits the data's vocabulary: unless ``model.vocab_size`` is set to
+    something other than the preset's, a preset whose table is smaller than
+    ``data.vocabulary``'s ids (the ``tiny`` preset's 128 rows against the byte vocabulary's 359)
+    is sized up to the vocabulary, rounded up to a multiple of 128 as the study pads T5's 32,100
+    ids to 32,128 (``model_config().vocab_size`` is then 384). An explicit ``model.vocab_size``
+    that is too small is ``validate``'s error.
     """
 
     name: str = DEFAULT_NAME
@@ -604,6 +620,7 @@ class RunConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     stage: StageConfig = dataclasses.field(default_factory=StageConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    _model: ModelConfig = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = _coerce("name", self.name, str)
@@ -615,10 +632,17 @@ class RunConfig:
         for key, cls in SECTIONS.items():
             if not isinstance(getattr(self, key), cls):
                 raise ValueError(f"{key}={getattr(self, key)!r}: expected a {cls.__name__}")
+        model = self.model.config
+        if "vocab_size" not in dict(self.model.overrides):
+            ids = _vocabulary_ids(self.data.vocabulary)
+            if ids is not None and model.vocab_size < ids:
+                padded = -(-ids // VOCAB_SIZE_MULTIPLE) * VOCAB_SIZE_MULTIPLE
+                model = dataclasses.replace(model, vocab_size=padded)
+        object.__setattr__(self, "_model", model)
 
     def model_config(self) -> ModelConfig:
-        """The resolved ``ModelConfig``."""
-        return self.model.config
+        """The resolved ``ModelConfig`` (the section's, its embedding fitted to the vocabulary)."""
+        return self._model
 
     def task_lengths(self) -> dict[str, int]:
         """The seqio task feature lengths of this stage (``DataConfig.task_lengths``)."""
@@ -849,7 +873,7 @@ def validate(config: RunConfig, num_devices: int) -> None:
         raise ValueError(
             f"model.vocab_size={model.vocab_size}: data.vocabulary={data.vocabulary!r} has "
             f"{needed} ids; set model.vocab_size >= {needed} (the study pads to a multiple of "
-            "128) or use a preset with vocab_size 32128")
+            "128) or leave it to the preset, which is sized to the vocabulary")
 
     if not isinstance(num_devices, int) or num_devices < 1:
         raise ValueError(f"num_devices={num_devices!r}: must be a positive integer")
@@ -890,6 +914,76 @@ def validate(config: RunConfig, num_devices: int) -> None:
         raise ValueError(
             f"stage.init_from={config.stage.init_from!r}: is run_dir itself; a stage writes into "
             "a new run_dir (an interrupted run resumes from its own checkpoints without init_from)")
+
+
+def check_inputs(config: RunConfig) -> None:
+    """Checks that what the stage reads is there, in milliseconds, before anything is written.
+
+    ``validate`` checks that the sections fit together; this checks the files they name, so that a
+    typo costs no model build and no compile and leaves nothing behind in the run directory:
+
+    * ``data.source``: a local corpus exists, lists, opens and starts with two documents
+      (``objectives.sources.check_local_corpus``); a local T0 directory holds readable
+      ``<dataset>__<template>.jsonl`` files that start with a valid example
+      (``objectives.t0.check_jsonl_directory``). C4 and ``t0-hf`` are read over the network or from
+      a TFDS directory and are checked when the pipeline opens them.
+    * ``data.vocabulary``: a local SentencePiece model (or ``$ARCHOBJ_T5_SPM``) reads as a model on
+      T5's ids, and the model's embedding has a row for each of its ids.
+    * ``stage.init_from``: a directory with a ``config.json``, holding ``stage.init_step`` if set.
+
+    Raises:
+      ValueError: the first problem, in one line naming the key, the path and the fix.
+    """
+    data = config.data
+    try:
+        if data.objective == "mtf":
+            if data.source != T0_HF_SOURCE:
+                t0_lib.check_jsonl_directory(data.source)
+        elif data.source not in C4_SOURCES:
+            sources_lib.check_local_corpus(data.source, data.text_field)
+    except ValueError as e:
+        raise ValueError(_keyed(e, "source ", "data.source", data.source)) from None
+    try:
+        ids = vocab_lib.vocabulary_ids(data.vocabulary)
+    except ValueError as e:
+        raise ValueError(_keyed(e, "vocabulary ", "data.vocabulary", data.vocabulary)) from None
+    vocab_size = config.model_config().vocab_size
+    if ids is not None and vocab_size < ids:
+        raise ValueError(
+            f"model.vocab_size={vocab_size}: data.vocabulary={data.vocabulary!r} has {ids} ids; "
+            f"set model.vocab_size >= {ids} or leave it to the preset, which is sized to the "
+            "vocabulary")
+
+    stage = config.stage
+    if stage.init_from is not None:
+        upstream = pathlib.Path(stage.init_from)
+        if not (upstream / CONFIG_FILE).is_file():
+            what = ("does not exist" if not upstream.exists()
+                    else f"has no {CONFIG_FILE}, so it is not a run or model directory")
+            raise ValueError(f"stage.init_from={stage.init_from!r}: {what}; point it at the run "
+                             "directory of the stage this one starts from")
+        if stage.init_step is not None and not (
+                upstream / CHECKPOINTS_DIR / str(stage.init_step)).is_dir():
+            steps = sorted(int(p.name) for p in (upstream / CHECKPOINTS_DIR).glob("*")
+                           if p.name.isdigit()) if (upstream / CHECKPOINTS_DIR).is_dir() else []
+            raise ValueError(f"stage.init_step={stage.init_step}: {stage.init_from} has no "
+                             f"checkpoint of that step (it has {steps}); choose one of them")
+
+
+def _keyed(error: ValueError, prefix: str, key: str, value: str) -> str:
+    """``"source 'x': no such file"`` -> ``"data.source='x': no such file"``: the config's key."""
+    message = str(error)
+    if message.startswith(prefix):
+        return key + "=" + message[len(prefix):]
+    return f"{key}={value!r}: {message}"
+
+
+def _vocabulary_ids(vocabulary: str) -> Optional[int]:
+    """The ids of ``vocabulary``, or None where it cannot be read (``check_inputs`` says why)."""
+    try:
+        return vocab_lib.vocabulary_ids(vocabulary)
+    except ValueError:
+        return None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -933,17 +1027,20 @@ def config_from_dict(document: Mapping[str, Any]) -> RunConfig:
     return _build(spec)
 
 
-def write_resolved(config: RunConfig, run_dir: Optional[Union[str, os.PathLike]] = None
-                   ) -> pathlib.Path:
+def write_resolved(config: RunConfig, run_dir: Optional[Union[str, os.PathLike]] = None,
+                   resume: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
     """Writes ``<run_dir>/config.json`` before step 0, in ``harness/checkpoint.py``'s format.
 
     Sets ``"model"`` to ``ModelConfig.to_dict()`` (what ``harness.checkpoint.read_config`` reads)
-    and ``"run"`` to ``to_dict(config)``; other top-level keys of an existing file (provenance) are
-    kept. The write is atomic (write, then rename). On several hosts, call it on process 0 only.
+    and ``"run"`` to ``to_dict(config)``; other top-level keys of an existing file (provenance,
+    earlier resumes) are kept. The write is atomic (write, then rename). On several hosts, call it
+    on process 0 only. Whether the run may be written there at all is
+    ``harness.run_record.check_resume``'s question, asked first.
 
     Args:
       config: the configuration.
       run_dir: the directory; ``config.run_dir`` by default. Created if missing.
+      resume: a restart to append to the ``"resumes"`` list (``harness.run_record.resume_entry``).
 
     Returns:
       The path of ``config.json``.
@@ -976,6 +1073,8 @@ def write_resolved(config: RunConfig, run_dir: Optional[Union[str, os.PathLike]]
             "has checkpoints; write the stage into a new run_dir")
     document[MODEL_KEY] = model
     document[RUN_KEY] = to_dict(config)
+    if resume is not None:
+        document[RESUMES_KEY] = [*document.get(RESUMES_KEY, []), dict(resume)]
     directory.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -32,8 +32,10 @@ in ``scale_decoder_outputs`` instead; their ``lm_head`` is the input embedding u
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
+import shutil
 from typing import Any, Callable, Mapping, Union
 
 import jax
@@ -43,6 +45,10 @@ import numpy as np
 from harness import checkpoint
 from models.config import ModelConfig
 from models.transformer import abstract_params
+
+logger = logging.getLogger(__name__)
+# The SentencePiece model a Hugging Face T5 checkpoint ships (T5's own for T5 v1.1, T5-LM and T0).
+HF_TOKENIZER_FILE = "spiece.model"
 
 PathLike = Union[str, os.PathLike]
 
@@ -489,7 +495,31 @@ def convert_hf_t5(src_dir: PathLike, dst_dir: PathLike, dtype: str = "bfloat16",
     del state_dict
     checkpoint.save_model(dst, config, params, step=0)
     _record_source(dst, src, hf_config)
+    _copy_tokenizer(src, dst)
     return config
+
+
+def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Copies a Hugging Face T5 checkpoint's ``spiece.model`` beside the converted model and
+    records it as the model's vocabulary, so ``archobj eval`` needs no ``--vocab``.
+
+    T5 v1.1, T5-LM and T0 ship T5's SentencePiece model (32,000 pieces, pad 0, eos 1), which with
+    archobj's 100 sentinels is the study's ``"t5"`` vocabulary. A checkpoint without it, or with a
+    model on other ids, records none (evaluation then asks for ``--vocab``).
+    """
+    from objectives.vocab import vocabulary_ids
+
+    source = src / HF_TOKENIZER_FILE
+    if not source.is_file():
+        return
+    try:
+        vocabulary_ids(str(source))
+    except ValueError as error:
+        logger.warning("%s is not usable as the vocabulary (%s); pass --vocab to evaluate", source,
+                       error)
+        return
+    shutil.copyfile(source, dst / HF_TOKENIZER_FILE)
+    checkpoint.update_config(dst, {checkpoint.VOCABULARY_KEY: HF_TOKENIZER_FILE})
 
 
 def _refuse_existing_checkpoints(dst: pathlib.Path) -> None:

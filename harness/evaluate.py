@@ -113,10 +113,14 @@ def resolve_step(checkpoint: pathlib.Path, step: Optional[int]) -> int:
     return step
 
 
-def results_dir_name(step: int, fixtures: bool = False, limit: Optional[int] = None) -> str:
-    """``step_<N>`` for a full evaluation; smoke runs (fixtures, ``limit``) get their own directory,
-    ``step_<N>-fixtures-limit<k>``, so they never overwrite a real evaluation's results."""
-    return (f"step_{step}" + ("-fixtures" if fixtures else "")
+def results_dir_name(step: int, fixtures: bool = False, limit: Optional[int] = None,
+                     architecture: Optional[str] = None, dtype: Optional[str] = None) -> str:
+    """``step_<N>`` for a full evaluation of the checkpoint as it is. Smoke runs (fixtures,
+    ``limit``) and evaluations that change the model (another architecture's mask, another
+    compute dtype) get their own directory, ``step_<N>-as-nd-float32-fixtures-limit<k>``, so they
+    never overwrite the checkpoint's own results."""
+    return (f"step_{step}" + (f"-as-{architecture}" if architecture else "")
+            + (f"-{dtype}" if dtype else "") + ("-fixtures" if fixtures else "")
             + (f"-limit{limit}" if limit is not None else ""))
 
 
@@ -131,7 +135,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
                         data_dir: Optional[str] = None, fixtures: bool = False,
                         step: Optional[int] = None, architecture: Optional[str] = None,
                         vocabulary: Optional[str] = None, batch_size: int = 8,
-                        mesh: Optional[tuple[int, int]] = None,
+                        mesh: Optional[tuple[int, int]] = None, dtype: Optional[str] = None,
                         out_dir: Optional[str | os.PathLike] = None,
                         report: Callable[[str], None] = print) -> list[SuiteResult]:
     """Evaluates ``checkpoint`` on ``suites``; see the module docstring.
@@ -146,11 +150,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
       fixtures: read the small synthetic fixtures the project ships instead (tests, demos).
       step: the checkpoint step; None for the latest.
       architecture: evaluate a cd checkpoint as nd or the reverse (PAPER.md 3.1).
-      vocabulary: the tokenizer; None for the run's ``data.vocabulary``.
+      vocabulary: the tokenizer; None for the one ``config.json`` records (a run's
+        ``data.vocabulary``, a saved model's ``vocabulary``).
       batch_size: rows per device call.
       mesh: ``(data, model)``: shard the parameters over the devices by the training rules
         (a model larger than one device); None: one device.
-      out_dir: where to write; default ``<checkpoint>/eval/step_<N>``.
+      dtype: compute dtype instead of the checkpoint's (e.g. "float32" for a bfloat16 model).
+      out_dir: where to write; default ``<checkpoint>/eval/<results_dir_name(...)>``.
       report: receives progress lines and the summary tables.
 
     Returns:
@@ -166,8 +172,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
     plan = split_tasks(list(suites), list(tasks) if tasks is not None else None)
     checkpoint = pathlib.Path(checkpoint).expanduser()
     step = resolve_step(checkpoint, step)
+    stored = ckpt.read_config(checkpoint)
+    switched = architecture if architecture not in (None, stored.architecture) else None
+    recast = dtype if dtype not in (None, stored.dtype) else None
     out = (pathlib.Path(out_dir) if out_dir is not None
-           else checkpoint / EVAL_DIR / results_dir_name(step, fixtures, limit))
+           else checkpoint / EVAL_DIR / results_dir_name(step, fixtures, limit, switched, recast))
 
     from harness.lm_eval_adapter import ArchobjLM
 
@@ -180,7 +189,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         if lm is None:  # one model load serves every suite
             lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
                            step=step, batch_size=batch_size, max_inputs_length=inputs_length,
-                           max_targets_length=targets_length, mesh=mesh)
+                           max_targets_length=targets_length, mesh=mesh, dtype=dtype)
         else:
             lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()
@@ -190,6 +199,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         raw["archobj"] = {
             "checkpoint": str(checkpoint), "step": step, "suite": suite,
             "architecture": lm.scorer.config.architecture, "vocabulary": lm.vocabulary,
+            "dtype": lm.scorer.config.dtype,
             "inputs_length": inputs_length, "targets_length": targets_length,
             "limit": limit, "data": "fixtures" if fixtures else (data_dir or "huggingface-hub"),
             "seconds": seconds,

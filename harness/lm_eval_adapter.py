@@ -28,7 +28,6 @@ For token-level work (T0-Eval rank classification) ``score_tokens`` scores id pa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -40,7 +39,7 @@ from lm_eval.api.registry import register_model
 from lm_eval import utils as lm_eval_utils
 
 from harness import checkpoint as ckpt
-from harness.scoring import Scorer, resolve_architecture
+from harness.scoring import Scorer, resolve_architecture, with_dtype
 from harness.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -58,9 +57,9 @@ class ArchobjLM(TemplateLM):
 
     Args:
       checkpoint: a model or run directory (``config.json`` + ``checkpoints/``).
-      vocabulary: ``"byte"``, ``"t5"`` or a SentencePiece ``.model`` path; default: the run's
-        ``data.vocabulary`` from ``config.json`` (required for converted checkpoints, whose
-        ``config.json`` holds only the model).
+      vocabulary: ``"byte"``, ``"t5"`` or a SentencePiece ``.model`` path; default: the one
+        ``config.json`` records (a training run's ``data.vocabulary``, a saved model's
+        ``vocabulary``; ``harness.checkpoint.read_vocabulary``).
       architecture: evaluate a cd checkpoint as nd or the reverse (PAPER.md 3.1).
       step: the checkpoint step (default: the latest).
       batch_size: rows per device call.
@@ -75,6 +74,8 @@ class ArchobjLM(TemplateLM):
         T5 (its tokenizer appends EOS to the encoder input). The default (False) is the study's
         harness, which tokenized inputs without EOS (AO ``t5x/eval_harness.py``). Set it to compare
         with lm-eval's ``hf`` model on the same weights (``tests/test_eval_reference.py``).
+      dtype: compute dtype, overriding the stored one (``"float32"`` scores a bfloat16 model in
+        full precision); None keeps the checkpoint's.
 
     Raises:
       harness.checkpoint.CheckpointError: a missing or invalid checkpoint.
@@ -87,14 +88,15 @@ class ArchobjLM(TemplateLM):
                  batch_size: Union[int, str] = 8, max_inputs_length: int = 512,
                  max_targets_length: int = 114, max_gen_toks: int = 256,
                  context_eos: Union[bool, str] = False,
-                 mesh: Union[None, str, Sequence[int]] = None, **unused: Any) -> None:
+                 mesh: Union[None, str, Sequence[int]] = None, dtype: Optional[str] = None,
+                 **unused: Any) -> None:
         super().__init__()
         unknown = sorted(set(unused) - set(_IGNORED_ARGUMENTS))
         if unknown:
             raise ValueError(
                 f"archobj model: unknown argument(s) {', '.join(unknown)}; allowed: checkpoint, "
                 "vocabulary, architecture, step, batch_size, max_inputs_length, "
-                "max_targets_length, max_gen_toks, context_eos, mesh")
+                "max_targets_length, max_gen_toks, context_eos, mesh, dtype")
         batch_size = _as_int("batch_size", batch_size)
         max_gen_toks = _as_int("max_gen_toks", max_gen_toks)
         if step is not None:
@@ -102,7 +104,7 @@ class ArchobjLM(TemplateLM):
         directory = pathlib.Path(str(checkpoint)).expanduser()
 
         # Everything a user can get wrong is checked before any parameter is read.
-        config = ckpt.read_config(directory)
+        config = with_dtype(ckpt.read_config(directory), dtype)
         resolved = resolve_architecture(config, architecture)
         self.context_eos = _as_bool("context_eos", context_eos)
         if self.context_eos and not resolved.is_encoder_decoder:
@@ -120,7 +122,7 @@ class ArchobjLM(TemplateLM):
         self.scorer = Scorer.from_checkpoint(
             directory, step=step, architecture=architecture, batch_size=batch_size,
             max_inputs_length=max_inputs_length, max_targets_length=max_targets_length,
-            mesh_shape=_mesh_shape(mesh))
+            mesh_shape=_mesh_shape(mesh), dtype=dtype)
         self.checkpoint = str(directory)
         self.step = step
         self.vocabulary = vocabulary
@@ -152,7 +154,7 @@ class ArchobjLM(TemplateLM):
         """Recorded by lm-eval in the results' ``config``."""
         return {"archobj_checkpoint": self.checkpoint, "archobj_step": self.step,
                 "archobj_architecture": self.scorer.architecture,
-                "archobj_vocabulary": self.vocabulary,
+                "archobj_vocabulary": self.vocabulary, "archobj_dtype": self.scorer.config.dtype,
                 "archobj_max_inputs_length": self.scorer.max_inputs_length,
                 "archobj_max_targets_length": self.scorer.max_targets_length}
 
@@ -262,26 +264,22 @@ class ArchobjLM(TemplateLM):
 
 
 def _run_vocabulary(directory: pathlib.Path) -> str:
-    """``data.vocabulary`` of a run's ``config.json``; a one-line error if it has none."""
-    try:
-        document = json.loads((directory / ckpt.CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        document = {}  # read_config has already accepted the file; treat it as having no data
-    data = document.get("data") if isinstance(document, dict) else None
-    vocabulary = data.get("vocabulary") if isinstance(data, dict) else None
-    if not isinstance(vocabulary, str) or not vocabulary:
+    """The vocabulary ``config.json`` records (``checkpoint.read_vocabulary``); one line if none."""
+    vocabulary = ckpt.read_vocabulary(directory)
+    if vocabulary is None:
         raise ValueError(
-            f"{directory / ckpt.CONFIG_FILE}: no data.vocabulary (a converted checkpoint holds "
-            "only the model); pass vocabulary='byte', 't5' or the path of a SentencePiece .model")
+            f"{directory / ckpt.CONFIG_FILE}: records no vocabulary (a model saved without one, or "
+            "converted without its tokenizer); pass vocabulary='byte', 't5' or the path of a "
+            "SentencePiece .model")
     return vocabulary
 
 
 def _locate_vocabulary(vocabulary: str, directory: pathlib.Path) -> str:
-    """A relative SentencePiece path that does not exist here is looked up in the run directory."""
+    """A relative SentencePiece path is looked up in the model directory first, then here."""
     if vocabulary in ("byte", "t5") or not isinstance(vocabulary, str):
         return vocabulary
     path = pathlib.Path(vocabulary).expanduser()
-    if not path.is_absolute() and not path.exists() and (directory / path).is_file():
+    if not path.is_absolute() and (directory / path).is_file():
         return str(directory / path)
     return vocabulary
 

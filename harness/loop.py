@@ -14,7 +14,12 @@ The optimizer state starts fresh when a stage starts from another run, unless ``
 
 Resume is exact: a stage restarted in the same run directory restores parameters, optimizer state,
 step and RNG from the newest restorable checkpoint, and its data stream restarts at that step
-(``harness/data.py``), so the losses continue bit for bit as if the run had never stopped.
+(``harness/data.py``), so the losses continue bit for bit as if the run had never stopped. It
+resumes only with the configuration it started with, records the restart in ``config.json`` and
+logs each step once (``harness/run_record.py``).
+
+Nothing is written and nothing compiled before ``preflight`` has checked the configuration, the
+files it names and the run directory.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 from harness import config as config_lib
+from harness import run_record
 from harness.checkpoint import load_model, read_config, tree_differences
-from harness.optim import make_optimizer, make_schedule
+from harness.optim import logical_axes_of, make_optimizer, make_schedule
 from harness.state import TrainState, create_train_state, state_shardings
 from harness.steps import make_train_step
 from harness.train_checkpoint import TrainCheckpointer, rng_from_meta
@@ -45,7 +51,7 @@ from models.transformer import Transformer, init_fn
 from models.transformer import abstract_params as models_abstract_params
 
 log = logging.getLogger("archobj.train")
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = run_record.METRICS_FILE
 
 
 class NonFiniteError(RuntimeError):
@@ -151,16 +157,22 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 class _MetricsWriter:
-    """``metrics.jsonl`` (appended, so a resumed run continues the file) plus TensorBoard."""
+    """``metrics.jsonl`` (appended, so a resumed run continues the file) plus TensorBoard.
 
-    def __init__(self, run_dir: pathlib.Path, enabled: bool) -> None:
+    ``purge_step``: a resumed run logs again from this step on; TensorBoard hides what an earlier
+    events file holds from there (``metrics.jsonl`` was cut back by ``run_record``).
+    """
+
+    def __init__(self, run_dir: pathlib.Path, enabled: bool,
+                 purge_step: Optional[int] = None) -> None:
         self.enabled = enabled
         self.file = open(run_dir / METRICS_FILE, "a") if enabled else None
         self.tensorboard = None
         if enabled:
             try:
                 from tensorboardX import SummaryWriter
-                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
+                                                 purge_step=purge_step)
             except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
                 pass
 
@@ -181,26 +193,46 @@ class _MetricsWriter:
             self.tensorboard.close()
 
 
+def preflight(config: config_lib.RunConfig) -> Optional[dict[str, list[Any]]]:
+    """Every check a stage makes before it writes or compiles anything, in well under a second.
+
+    The sections fit together and the devices (``config.validate``), the files the stage reads are
+    there (``config.check_inputs``), and the run directory is new or holds this very run
+    (``run_record.check_resume``).
+
+    Returns:
+      ``run_record.check_resume``'s answer: None for a new run, else the resumable fields that
+      changed.
+
+    Raises:
+      ValueError: the first problem, in one line.
+    """
+    config_lib.validate(config, jax.device_count())
+    config_lib.check_inputs(config)
+    return run_record.check_resume(config)
+
+
 def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageResult:
     """Runs (or resumes) one training stage; see the module docstring."""
-    config_lib.validate(config, jax.device_count())
+    changed = preflight(config)  # None: a new run
     run_dir = pathlib.Path(config.run_dir)
     model_config = config.model_config()
     train, optim = config.train, config.optim
+    # Shapes and logical axes, computed before entering the mesh context: unboxing there would try
+    # to apply sharding constraints to abstract values.
+    abstract = jax.eval_shape(init_fn(model_config), jax.random.key(0))
     schedule = make_schedule(optim.schedule, optim.learning_rate, optim.warmup_steps, train.steps,
                              offset=optim.schedule_offset)
-    optimizer = make_optimizer(optim.name, schedule, decay_rate=optim.decay_rate,
+    optimizer = make_optimizer(optim.name, schedule, logical_axes=logical_axes_of(
+                                   abstract["params"]), decay_rate=optim.decay_rate,
                                weight_decay=optim.weight_decay, beta1=optim.beta1,
                                beta2=optim.beta2, grad_clip=optim.grad_clip)
     is_main = jax.process_index() == 0
-    if is_main:
+    if is_main and changed is None:
         config_lib.write_resolved(config)
     mesh = sharding.make_mesh(*config.mesh.shape(jax.device_count()))
     losses: list[float] = []
 
-    # Shapes and shardings, computed before entering the mesh context: unboxing there would try to
-    # apply sharding constraints to abstract values.
-    abstract = jax.eval_shape(init_fn(model_config), jax.random.key(0))
     param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
     abstract_params = nn.meta.unbox(abstract)["params"]
 
@@ -212,7 +244,13 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             model_config=model_config)
         make_state = jax.jit(lambda p: create_train_state(p, optimizer), out_shardings=shardings)
         skipped: tuple = ()
-        if not checkpointer.is_empty():
+        partial = checkpointer.partial_steps()
+        if partial and not checkpointer.all_steps():
+            # The stop came during the first save: there is nothing to resume from. The partial
+            # save is set aside (not deleted) by the next save.
+            log.warning("checkpoint %s was never committed (the run stopped while saving it); "
+                        "starting from step 0", ", ".join(map(str, partial)))
+        if checkpointer.all_steps():
             abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
             start, params, opt_state, meta = checkpointer.restore(
                 abstract_params=abstract_params, abstract_opt_state=abstract_opt,
@@ -240,6 +278,20 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             start, rng, tokens_seen, tokens_trained = 0, jax.random.key(train.seed), 0, 0.0
             state = make_state(_initial_params(config, abstract_params, param_shardings, mesh))
 
+        if changed is not None and (start < train.steps or changed):
+            # A restart: each step is logged once, and the restart is recorded, never rewritten.
+            dropped = run_record.drop_metrics_after(run_dir, start) if is_main else 0
+            if dropped:
+                log.info("dropped %d metric records past step %d (they are logged again)",
+                         dropped, start)
+            if is_main:
+                config_lib.write_resolved(
+                    config, resume=run_record.resume_entry(start, changed, dropped))
+        if start >= train.steps:
+            checkpointer.close()
+            return StageResult(run_dir=run_dir, first_step=start, last_step=start, losses=[],
+                               skipped_checkpoints=skipped)
+
         batch_sharding = NamedSharding(mesh, PartitionSpec(sharding.DATA))
         step_fn = jax.jit(
             make_train_step(Transformer(model_config, enable_dropout=True), optimizer, schedule,
@@ -247,7 +299,8 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                             num_microbatches=train.microbatches),
             in_shardings=(shardings, batch_sharding, None), out_shardings=(shardings, None),
             donate_argnums=0)
-        writer = _MetricsWriter(run_dir, is_main)
+        writer = _MetricsWriter(run_dir, is_main,
+                                purge_step=None if changed is None else start + 1)
         bar = _progress_bar(start, train.steps, progress)
         flops_per_step = _flops_per_row(config) * train.batch_size
         batches = _batches(config, start)
@@ -293,10 +346,13 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                 if checkpointer.should_save(step + 1) or step + 1 == train.steps:
                     finish(*pending)  # never checkpoint a state whose update was rejected
                     pending = None
+                    # The stage's last step is saved even off the checkpoint.every grid: it is
+                    # what the next stage starts from and what a re-run finds finished.
                     checkpointer.save(step + 1, state.params, state.opt_state,
                                       {"rng": rng, "tokens_seen": tokens_seen,
                                        "tokens_trained": tokens_trained,
-                                       "state_step": int(state.step)})
+                                       "state_step": int(state.step)},
+                                      force=step + 1 == train.steps)
             if pending is not None:
                 finish(*pending)
         finally:

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.config import ARCHITECTURES, ModelConfig
+from models.config import ARCHITECTURES, DTYPES, ModelConfig
 from models.decoding import EOS_ID, PAD_ID, init_cache
 from models.losses import token_log_probs
 from models.transformer import Transformer
@@ -72,6 +72,19 @@ DEFAULT_LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_GENERATE_CHUNK = 16
 # Continuation batches queued on the device before the host waits for the oldest one.
 _MAX_BATCHES_IN_FLIGHT = 8
+
+
+def with_dtype(config: ModelConfig, dtype: Optional[str]) -> ModelConfig:
+    """``config`` with its compute dtype replaced (None keeps it).
+
+    Raises:
+      ValueError: a dtype that is not one of ``models.config.DTYPES``, in one line.
+    """
+    if dtype is None or dtype == config.dtype:
+        return config
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {list(DTYPES)}")
+    return dataclasses.replace(config, dtype=dtype)
 
 
 def resolve_architecture(config: ModelConfig, architecture: Optional[str]) -> ModelConfig:
@@ -159,12 +172,14 @@ class Scorer:
     def from_checkpoint(cls, path: PathLike, step: Optional[int] = None,
                         architecture: Optional[str] = None,
                         mesh_shape: Optional[tuple[int, int]] = None,
-                        **kwargs: Any) -> "Scorer":
+                        dtype: Optional[str] = None, **kwargs: Any) -> "Scorer":
         """A ``Scorer`` over a model or run directory (``harness.checkpoint`` format).
 
         The architecture switch is checked against ``config.json`` before any parameter is read.
         With ``mesh_shape=(data, model)`` (-1 fills the devices), each device reads only its own
-        shards of the parameters.
+        shards of the parameters. ``dtype`` overrides the stored compute dtype (``"float32"`` to
+        score a bfloat16-trained or converted model in full precision); the parameters stay as
+        stored.
 
         Raises:
           harness.checkpoint.CheckpointError: a missing or invalid directory, step or checkpoint.
@@ -174,6 +189,7 @@ class Scorer:
 
         config = checkpoint.read_config(path)
         resolve_architecture(config, architecture)
+        compute = with_dtype(config, dtype)
         mesh = None
         if mesh_shape is not None:
             from models import sharding
@@ -187,9 +203,9 @@ class Scorer:
                 if getattr(config, name) % model:
                     raise ValueError(f"mesh_shape={tuple(mesh_shape)}: the model axis {model} "
                                      f"must divide {name}={getattr(config, name)}")
-        config, params = checkpoint.load_model(
+        _, params = checkpoint.load_model(
             path, step, shardings=None if mesh is None else param_shardings(config, mesh))
-        return cls(config, params, architecture=architecture, mesh=mesh, **kwargs)
+        return cls(compute, params, architecture=architecture, mesh=mesh, **kwargs)
 
     # ---------------------------------------------------------------------------------------------
     # Public API.

@@ -469,6 +469,40 @@ def scan_jsonl_directory(directory: str | os.PathLike) -> dict[str, dict[str, tu
     Raises:
       T0DataError: missing directory, no ``*.jsonl`` file, a badly named, empty or malformed file.
     """
+    found: dict[str, dict[str, tuple[Path, int]]] = {}
+    for path in _jsonl_files(directory):
+        key, template = parse_jsonl_file_name(path)
+        found.setdefault(key, {})[template] = (path, count_jsonl_examples(path))
+    return found
+
+
+def check_jsonl_directory(directory: str | os.PathLike) -> None:
+    """Quick checks of a local layout directory, in milliseconds: what a run checks before it
+    writes or compiles anything.
+
+    The directory holds ``*.jsonl`` files, each named ``<dataset>__<template>.jsonl``, readable, and
+    starting with a valid example. ``scan_jsonl_directory`` validates every line when the mixture
+    is built.
+
+    Raises:
+      T0DataError: one line naming the directory or file and the fix.
+    """
+    for path in _jsonl_files(directory):
+        parse_jsonl_file_name(path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                first = next(((number, line) for number, line in enumerate(stream, start=1)
+                              if line.strip()), None)
+        except (OSError, UnicodeDecodeError) as error:
+            raise T0DataError(f"{path}: cannot read as UTF-8 text ({error})") from None
+        if first is None:
+            raise T0DataError(f"{path}: no examples; each line must be "
+                              '{"inputs": "...", "targets": "..."} (remove the file or fill it)')
+        _parse_jsonl_line(first[1], path, first[0])
+
+
+def _jsonl_files(directory: str | os.PathLike) -> list[Path]:
+    """The ``*.jsonl`` files of a layout directory, sorted; an error if there are none."""
     root = Path(directory)
     if not root.exists():
         raise T0DataError(f"{root}: T0 JSONL directory does not exist")
@@ -479,11 +513,7 @@ def scan_jsonl_directory(directory: str | os.PathLike) -> dict[str, dict[str, tu
     if not paths:
         raise T0DataError(f"{root}: no *.jsonl files; expected <dataset>__<template>.jsonl files "
                           "(write_prompted_jsonl makes them)")
-    found: dict[str, dict[str, tuple[Path, int]]] = {}
-    for path in paths:
-        key, template = parse_jsonl_file_name(path)
-        found.setdefault(key, {})[template] = (path, count_jsonl_examples(path))
-    return found
+    return paths
 
 
 def write_prompted_jsonl(dataset_examples: Mapping[str, Iterable[Mapping[str, Any]]],

@@ -24,7 +24,7 @@ import os
 import pathlib
 import random
 import re
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence, Union
 
 import sentencepiece
 
@@ -41,6 +41,8 @@ T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 T5_SPM_ENV = "ARCHOBJ_T5_SPM"
 # The size of T5_SPM_PATH, known without reading it: 32,000 pieces + 100 sentinels.
 T5_VOCAB_SIZE = 32_000 + NUM_SENTINELS
+# seqio.ByteVocabulary(extra_ids=100): pad, eos, unk, 256 bytes and the sentinels.
+BYTE_VOCAB_SIZE = 3 + 256 + NUM_SENTINELS
 # T5's id conventions (see the module docstring); bos is absent (-1).
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
@@ -94,6 +96,13 @@ def _local_sentencepiece(path: str, origin: str) -> "seqio.Vocabulary":
     """Loads a local SentencePiece model once (eager validation), then wraps it for seqio."""
     import seqio
 
+    _read_sentencepiece(path, origin)
+    return seqio.SentencePieceVocabulary(str(pathlib.Path(path).expanduser()),
+                                         extra_ids=NUM_SENTINELS)
+
+
+def _read_sentencepiece(path: str, origin: str) -> "sentencepiece.SentencePieceProcessor":
+    """A local SentencePiece model, checked: a readable model file on T5's ids (pad 0, eos 1)."""
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
         what = "is a directory" if file.is_dir() else "no such file"
@@ -105,6 +114,8 @@ def _local_sentencepiece(path: str, origin: str) -> "seqio.Vocabulary":
     except OSError as error:
         raise VocabularyError(f"vocabulary {str(file)!r}: cannot read it ({error.strerror}); "
                               "check its permissions") from None
+    if not proto:
+        raise VocabularyError(f"vocabulary {str(file)!r}: the file is empty; {_TRAIN_HINT}")
     try:
         processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
     except (RuntimeError, OSError) as error:
@@ -117,7 +128,35 @@ def _local_sentencepiece(path: str, origin: str) -> "seqio.Vocabulary":
         raise VocabularyError(
             f"vocabulary {str(file)!r}: pad id {processor.pad_id()}, eos id {processor.eos_id()}; "
             f"archobj needs T5's ids (pad {PAD_ID}, eos {EOS_ID}): {_TRAIN_HINT}")
-    return seqio.SentencePieceVocabulary(str(file), extra_ids=NUM_SENTINELS)
+    return processor
+
+
+def vocabulary_ids(spec: str) -> Optional[int]:
+    """How many ids ``load_vocabulary(spec)`` has, sentinels included, checked without TensorFlow.
+
+    A local model file is read and checked as ``load_vocabulary`` checks it (missing, unreadable,
+    empty, not SentencePiece, not on T5's ids), so a run can fail on a bad vocabulary in
+    milliseconds, before anything is compiled or written. A remote model (the default ``"t5"``) is
+    not fetched: its size is known (``T5_VOCAB_SIZE``) or, for any other remote path, unknown
+    until seqio first reads it.
+
+    Returns:
+      The number of ids (359 for ``"byte"``, 32,100 for ``"t5"``); None for a remote model other
+      than T5's.
+
+    Raises:
+      VocabularyError: as ``load_vocabulary``; one line.
+    """
+    if spec == "byte":
+        return BYTE_VOCAB_SIZE
+    if spec == "t5":
+        path = os.environ.get(T5_SPM_ENV) or T5_SPM_PATH
+        if _is_remote(path):
+            return T5_VOCAB_SIZE
+        return _read_sentencepiece(path, f"${T5_SPM_ENV}={path}").get_piece_size() + NUM_SENTINELS
+    if _is_remote(spec):
+        return None
+    return _read_sentencepiece(spec, spec).get_piece_size() + NUM_SENTINELS
 
 
 def vocabulary_name(vocab: "seqio.Vocabulary") -> str:

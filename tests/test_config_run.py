@@ -161,7 +161,7 @@ def test_write_resolved_keeps_checkpoint_format(tmp_path):
     (["stage.init_from=runs/x"], ["stage.init_from='runs/x'", "pretrain"]),
     (["data.objective=mtf", "data.source=c4"], ["data.source='c4'", "t0-hf"]),
     (["data.inputs_length=64"], ["data.inputs_length=64", "data.objective='mtf'"]),
-    (["optim.name=sgd"], ["optim.name='sgd': must be one of ['adafactor', 'adamw']"]),
+    (["optim.name=sgd"], ["optim.name='sgd': must be one of ['adafactor', 'adafactor_optax', 'adamw']"]),
     (["train.loss_normalization=mean"], ["train.loss_normalization='mean'", "'sum'"]),
     (["eval.suites=[mmlu]"], ["eval.suites='mmlu'"]),
 ])
@@ -183,7 +183,8 @@ def test_bad_keys_and_values_name_the_key(overrides, needles):
     (["data.objective=mlm", "data.total_length=8"], 8, ["data.total_length=8", "span corruption"]),
     (["model.architecture=nd", "data.objective=plm", "data.total_length=63"], 8,
      ["data.total_length=63", "even"]),
-    (["model.preset=tiny"], 8, ["model.vocab_size=128", "data.vocabulary='t5'", "32100"]),
+    (["model.preset=tiny", "model.vocab_size=256"], 8,
+     ["model.vocab_size=256", "data.vocabulary='t5'", "32100"]),
     (["checkpoint.keep_steps=[50, 500]"], 8, ["checkpoint.keep_steps=[50, 500]", "[500]",
                                              "train.steps=100"]),
     (["stage.kind=finetune", "stage.init_from=runs/x"], 8, ["stage.kind='finetune'",
@@ -235,9 +236,10 @@ def test_sections_check_their_own_fields_when_built_directly():
     assert run_config.OptimConfig(learning_rate=1).learning_rate == 1.0  # ints accepted as floats
 
 
-def test_imports_neither_tensorflow_nor_seqio():
-    code = ("import sys, harness.config; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')))")
+def test_imports_neither_tensorflow_nor_seqio_nor_jax():
+    # Configs are built and checked before anything heavy starts: an error costs milliseconds.
+    code = ("import sys, harness.config, harness.run_record; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('tensorflow', 'seqio', 'jax', 'orbax')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
     assert result.stdout.strip() == "[]", result.stdout

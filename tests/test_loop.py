@@ -12,6 +12,7 @@ import pytest
 from harness import config as config_lib
 from harness.checkpoint import load_model
 from harness.loop import run
+from helpers import assert_one_line_error
 
 WORDS = "a model reads text and learns to predict the next words of every document".split()
 
@@ -28,7 +29,7 @@ def corpus(tmp_path_factory):
 def _config(corpus, run_dir, *extra):
     return config_lib.load_config(None, [
         "name=tiny_run", f"run_dir={run_dir}", "model.preset=tiny", "model.architecture=cd",
-        "model.vocab_size=384", "model.dtype=float32", "data.objective=flm",
+        "model.dtype=float32", "data.objective=flm",
         f"data.source={corpus}", "data.vocabulary=byte", "data.total_length=32",
         "train.batch_size=8", "train.log_every=1", "checkpoint.every=2", "checkpoint.keep=5",
         "checkpoint.async_save=true", *extra])
@@ -167,38 +168,126 @@ def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch):
     assert set(np.unique(first["decoder_loss_weights"])) <= {0, 1}
 
 
-def test_sigkilled_run_resumes_with_identical_losses(corpus, tmp_path, uninterrupted):
-    """A real ``archobj train`` process is killed with SIGKILL after its first checkpoint, mid-run;
-    the restarted process finishes with losses bitwise equal to an uninterrupted run's."""
+def test_sigkilled_run_resumes_with_identical_losses_and_logs_each_step_once(corpus, tmp_path,
+                                                                            uninterrupted):
+    """A real ``archobj train`` process is killed with SIGKILL after it has logged steps past its
+    newest checkpoint; the restarted process drops those records, trains the steps again, and
+    finishes with every step logged exactly once (metrics.jsonl and TensorBoard), with losses
+    bitwise equal to an uninterrupted run's."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    steps = STEPS
+    from harness import run_record
+
+    steps, run_dir = 12, tmp_path / "killed"
     overrides = [f"--set={o}" for o in (
-        "name=tiny_run", f"run_dir={tmp_path / 'killed'}", "model.preset=tiny",
-        "model.architecture=cd", "model.vocab_size=384", "model.dtype=float32",
+        "name=tiny_run", f"run_dir={run_dir}", "model.preset=tiny",
+        "model.architecture=cd", "model.dtype=float32",
         "data.objective=flm", f"data.source={corpus}", "data.vocabulary=byte",
-        "data.total_length=32", "train.batch_size=8", "train.log_every=1", "checkpoint.every=2",
+        "data.total_length=32", "train.batch_size=8", "train.log_every=1", "checkpoint.every=4",
         "checkpoint.keep=5", f"train.steps={steps}")]
     command = [sys.executable, "-m", "harness.cli", "train", *overrides]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    checkpoints = tmp_path / "killed" / "checkpoints"
+    metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
-    while not (checkpoints / "2").is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+
+    def logged_past_first_checkpoint() -> bool:  # step 5 is logged after checkpoint 4 started
+        return metrics.is_file() and '"step": 5,' in metrics.read_text()
+
+    while not logged_past_first_checkpoint() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
     assert process.poll() is None, "the run finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+    before = [r["step"] for r in run_record.read_metrics(run_dir)]
+    newest = max(run_record.committed_steps(run_dir), default=0)
+    assert max(before) > newest, (before, newest)  # logged beyond the last checkpoint
 
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    logged = {}
-    for line in (tmp_path / "killed" / "metrics.jsonl").open():
-        record = json.loads(line)
-        logged[record["step"]] = record["loss"]  # steps redone after the restart overwrite
-    assert [logged[step] for step in range(1, steps + 1)] == uninterrupted[0].losses
+    restarted = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    records = run_record.read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    # The uninterrupted reference ran 6 steps; the schedule does not depend on train.steps.
+    assert [r["loss"] for r in records[:STEPS]] == uninterrupted[0].losses
+    (resume,) = json.loads((run_dir / "config.json").read_text())["resumes"]
+    assert resume["changed"] == {} and resume["step"] <= newest
+    assert resume["metrics_dropped"] == sum(step > resume["step"] for step in before)
+    assert _tensorboard_steps(run_dir, "loss") == list(range(1, steps + 1))
+
+
+def _tensorboard_steps(run_dir, tag):
+    """The steps TensorBoard shows for ``tag`` (it honours the resumed writer's purge step)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"),
+                                                     purge_orphaned_data=True)
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+def test_resume_after_a_lost_checkpoint_logs_each_step_once_and_records_the_restart(
+        corpus, tmp_path, uninterrupted):
+    """Deterministic twin of the SIGKILL test: the newest checkpoint is gone (the stop came before
+    it was committed), so steps 5 and 6 were logged but must be trained and logged again."""
+    import shutil
+
+    run_dir = tmp_path / "lost"
+    config = _config(corpus, run_dir, f"train.steps={STEPS}", "checkpoint.every=4")
+    run(config, progress=False)
+    shutil.rmtree(run_dir / "checkpoints" / str(STEPS))
+    resumed = run(config, progress=False)
+    assert resumed.first_step == 4
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in records] == uninterrupted[0].losses
+    document = json.loads((run_dir / "config.json").read_text())
+    (resume,) = document["resumes"]
+    assert (resume["step"], resume["changed"], resume["metrics_dropped"]) == (4, {}, 2)
+
+    # Re-running the finished stage trains nothing and writes nothing.
+    snapshot = {p: p.read_bytes() for p in (run_dir / "config.json", run_dir / "metrics.jsonl")}
+    again = run(config, progress=False)
+    assert (again.first_step, again.last_step, again.losses) == (STEPS, STEPS, [])
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+
+    # Extending it is a resume with a recorded change; the original steps keep their records.
+    longer = run(_config(corpus, run_dir, f"train.steps={STEPS + 2}", "checkpoint.every=4"),
+                 progress=False)
+    assert longer.first_step == STEPS and len(longer.losses) == 2
+    document = json.loads((run_dir / "config.json").read_text())
+    assert document["run"]["train"]["steps"] == STEPS + 2
+    assert document["resumes"][-1]["changed"] == {
+        "train.steps": {"stored": STEPS, "new": STEPS + 2}}
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps == list(range(1, STEPS + 3))
+
+
+def test_rerun_with_another_configuration_is_refused_and_changes_nothing(corpus, tmp_path,
+                                                                         uninterrupted):
+    """Before: config.json was rewritten to the new values and the old checkpoint trained on under
+    them, exit 0."""
+    run_dir = uninterrupted[1]
+    snapshot = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    changed = _config(corpus, run_dir, f"train.steps={STEPS}", "optim.learning_rate=0.5",
+                      "data.seed=3")
+    with pytest.raises(ValueError) as excinfo:
+        run(changed, progress=False)
+    assert_one_line_error(excinfo, "optim.learning_rate 1.0 -> 0.5", "data.seed 0 -> 3",
+                          "new run_dir")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_training_run_is_evaluated_with_its_own_vocabulary(uninterrupted):
+    """Before: ``archobj eval RUN`` failed with "no data.vocabulary" unless --vocab was given."""
+    from harness.lm_eval_adapter import ArchobjLM
+
+    lm = ArchobjLM(str(uninterrupted[1]), max_inputs_length=16, max_targets_length=8)
+    assert lm.vocabulary == "byte"
+    (score, _), = lm.score_tokens([(lm.tok_encode("a model"), lm.tok_encode(" reads"))])
+    assert score < 0

@@ -57,7 +57,8 @@ def _setup(arch: str, optimizer_name: str, normalization: str = "tokens", microb
         optimizer = optax.sgd(schedule)
     else:
         schedule = optim.make_schedule("rsqrt", 1.0, 10_000, 100_000)
-        optimizer = optim.make_optimizer(optimizer_name, schedule)
+        optimizer = optim.make_optimizer(optimizer_name, schedule,
+                                         logical_axes=optim.param_logical_axes(config))
     train_step = steps.make_train_step(Transformer(config), optimizer, schedule,
                                        loss_normalization=normalization,
                                        num_microbatches=microbatches)
@@ -116,7 +117,9 @@ def test_state_shardings_mirror_parameters_and_replicate_the_rest():
               "layer": {"b": jax.ShapeDtypeStruct((512,), jnp.float32)}}
     param_shardings = {"w": model, "layer": {"b": vector}}
 
-    adafactor = optim.make_optimizer("adafactor", optim.make_schedule("constant", 1.0, 0, 1))
+    adafactor = optim.make_optimizer("adafactor", optim.make_schedule("constant", 1.0, 0, 1),
+                                     logical_axes={"w": P("embed", "mlp"),
+                                                   "layer": {"b": P("embed")}})
     shardings = state_shardings(param_shardings, adafactor, params, mesh)
     assert shardings.step == replicated and shardings.params == param_shardings
     factored = next(s for s in jax.tree.leaves(shardings.opt_state,
