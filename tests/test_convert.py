@@ -320,3 +320,23 @@ def test_cli_converts_and_reports(untied, tmp_path, capsys):
     assert cli.main(["convert", "hf-t5", str(root / "safetensors"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("archobj: error: ")
     assert load_model(tmp_path / "out")[0] == config
+
+
+def test_the_checkpoints_tokenizer_travels_with_the_converted_model(tmp_path):
+    """A Hugging Face T5 directory ships ``spiece.model``: the converted model keeps a copy and
+    records it, so ``archobj eval`` needs no ``--vocab``."""
+    from harness.checkpoint import read_vocabulary
+    from objectives.vocab import train_sentencepiece
+
+    _hf_model(tie=True, untie_head=False, seed=0).save_pretrained(tmp_path / "hf")
+    convert.convert_hf_t5(tmp_path / "hf", tmp_path / "bare")
+    assert read_vocabulary(tmp_path / "bare") is None  # nothing to record: evaluation asks
+
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"the quick brown fox {i % 7} jumps over the lazy dog\n"
+                            for i in range(100)))
+    train_sentencepiece([text], 40, tmp_path / "hf" / "spiece.model", model_type="bpe")
+    convert.convert_hf_t5(tmp_path / "hf", tmp_path / "converted")
+    assert read_vocabulary(tmp_path / "converted") == "spiece.model"
+    assert ((tmp_path / "converted" / "spiece.model").read_bytes()
+            == (tmp_path / "hf" / "spiece.model").read_bytes())

@@ -3,6 +3,7 @@ command line, results in the run directory, and one-line errors before any model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -81,3 +82,45 @@ def test_missing_or_empty_checkpoint_is_one_line(tmp_path, capsys):
     assert _eval(empty, "--fixtures") == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "no saved checkpoints" in error
+
+
+@pytest.fixture(scope="module")
+def bfloat16_model(tmp_path_factory):
+    """A bfloat16-compute model saved with its vocabulary, and its float32 twin (same weights)."""
+    config = preset("tiny", "cd", vocab_size=384)  # the preset computes in bfloat16
+    params = init_params(config, jax.random.key(1))
+    directory = tmp_path_factory.mktemp("bf16_model")
+    twin = tmp_path_factory.mktemp("f32_model")
+    save_model(directory, config, params, vocabulary="byte")
+    save_model(twin, dataclasses.replace(config, dtype="float32"), params, vocabulary="byte")
+    return directory, twin
+
+
+def test_a_saved_model_records_its_vocabulary_and_can_be_scored_in_float32(bfloat16_model):
+    """Before: save_model recorded no vocabulary, and evaluation always ran in the stored dtype."""
+    from harness.checkpoint import read_vocabulary
+    from harness.lm_eval_adapter import ArchobjLM
+
+    directory, twin = bfloat16_model
+    assert read_vocabulary(directory) == "byte"
+    requests = [([5, 70, 80, 90, 100], [110, 120]), ([7, 8], [9, 10, 11])]
+    as_stored = ArchobjLM(str(directory), max_inputs_length=16, max_targets_length=8)
+    recast = ArchobjLM(str(directory), dtype="float32", max_inputs_length=16,
+                       max_targets_length=8)
+    reference = ArchobjLM(str(twin), max_inputs_length=16, max_targets_length=8)
+    assert (as_stored.scorer.config.dtype, recast.scorer.config.dtype) == ("bfloat16", "float32")
+    assert recast.score_tokens(requests) == reference.score_tokens(requests)
+    assert as_stored.score_tokens(requests) != recast.score_tokens(requests)
+    assert recast.get_model_info()["archobj_dtype"] == "float32"
+    with pytest.raises(ValueError, match="dtype='float8'"):
+        ArchobjLM(str(directory), dtype="float8")
+
+
+def test_eval_dtype_override_writes_beside_the_checkpoints_own_results(bfloat16_model, capsys):
+    directory, _ = bfloat16_model
+    assert _eval(directory, "--fixtures", "--suite", "t0", "--tasks", "copa", "--limit", "1",
+                 "--dtype", "float32") == 0  # no --vocab: the model records it
+    results = json.loads((directory / "eval" / "step_0-float32-fixtures-limit1" / "t0.json")
+                         .read_text())
+    assert results["archobj"]["dtype"] == "float32" and results["archobj"]["vocabulary"] == "byte"
+    assert not (directory / "eval" / "step_0-fixtures-limit1").exists()
