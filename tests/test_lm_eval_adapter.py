@@ -48,8 +48,9 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapter")
     run = root / "cd_run"
     run.mkdir()
-    # A training run's config.json: the run config around the model (save_model keeps it).
-    (run / "config.json").write_text(json.dumps({"data": {"vocabulary": "byte"}}))
+    # A training run's config.json: the run config around the model (save_model keeps it);
+    # tests/test_loop.py evaluates a run that `archobj train` wrote.
+    (run / "config.json").write_text(json.dumps({"run": {"data": {"vocabulary": "byte"}}}))
     config = tiny_config("cd", vocab_size=VOCAB)
     save_model(run, config, _params(config, 0), step=3)
     converted = root / "ed_converted"
@@ -124,8 +125,8 @@ def test_errors_are_one_line(checkpoints, tmp_path):
         ArchobjLM(str(run), vocabulary="no-such-vocabulary")
     assert_one_line_error(excinfo, "no-such-vocabulary")
     with pytest.raises(ValueError) as excinfo:
-        ArchobjLM(str(converted))  # a converted model's config.json has no data.vocabulary
-    assert_one_line_error(excinfo, "data.vocabulary", "vocabulary=")
+        ArchobjLM(str(converted))  # saved without a vocabulary: nothing recorded
+    assert_one_line_error(excinfo, "records no vocabulary", "vocabulary=")
     with pytest.raises(ValueError) as excinfo:
         ArchobjLM(str(converted), vocabulary="byte", architecture="cd")
     assert_one_line_error(excinfo, "'cd'", "'ed'")
