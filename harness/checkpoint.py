@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
+from harness import orbax_damage
 from models.config import ModelConfig
 from models.transformer import abstract_params
 
@@ -160,15 +161,23 @@ def load_model(directory: PathLike, step: Optional[int] = None,
     with _open_read_only(checkpoints) as manager:
         stored = _stored_params_metadata(manager, step, step_dir, steps)
         _check_stored_tree(stored, expected, step_dir, directory / CONFIG_FILE)
-        try:
-            restored = manager.restore(
-                step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
-        # Orbax and TensorStore raise many exception types (ValueError, OSError, RuntimeError,
-        # tensorstore errors) for damaged files; all of them mean the same thing to the caller.
-        except Exception as e:  # pylint: disable=broad-exception-caught
-            raise CheckpointError(
-                f"{step_dir}: cannot restore the parameters ({one_line(e)}); the step is corrupt "
-                f"or truncated: load another step (available: {steps}) or re-save it") from e
+        fix = f"load another step (available: {steps}) or re-save it"
+        problem = orbax_damage.missing_file(step_dir / PARAMS_ITEM, expected)
+        if problem:
+            raise CheckpointError(f"{step_dir}: cannot restore the parameters ({problem}); {fix}")
+        # A failed read leaves no other read of the item running (to print tracebacks later).
+        with orbax_damage.waits_for_failed_reads():
+            try:
+                restored = manager.restore(
+                    step,
+                    args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
+            # Orbax and TensorStore raise many exception types (ValueError, OSError, RuntimeError,
+            # tensorstore errors) for damaged files; all of them mean the same thing to the caller.
+            except Exception as e:  # pylint: disable=broad-exception-caught
+                reason = orbax_damage.describe(e, step_dir / PARAMS_ITEM)
+                raise CheckpointError(
+                    f"{step_dir}: cannot restore the parameters ({reason}); the step is corrupt "
+                    f"or truncated: {fix}") from e
     return config, restored[PARAMS_ITEM]
 
 

@@ -185,6 +185,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harness import run_record
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # orbax logs every save and restore at INFO through absl, and JAX each backend it does not
+    # find; their warnings and errors still show.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU backend"
     config = config_lib.load_config(args.config, args.set or ())
     # The checks that need no device, before JAX starts: a typo in a path or a run directory that
     # holds another run is reported at once, and nothing is written (harness.loop.preflight).

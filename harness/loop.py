@@ -255,10 +255,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             start, params, opt_state, meta = checkpointer.restore(
                 abstract_params=abstract_params, abstract_opt_state=abstract_opt,
                 shardings={"params": shardings.params, "opt_state": shardings.opt_state})
-            skipped = checkpointer.last_restore.skipped
-            for step, reason in skipped:
-                log.warning("checkpoint %d could not be restored (%s); resumed from %d",
-                            step, reason, start)
+            skipped = checkpointer.last_restore.skipped  # each logged once by the checkpointer
             state = TrainState(step=jax.device_put(jnp.int32(meta["state_step"]), shardings.step),
                                params=params, opt_state=opt_state)
             rng, tokens_seen = rng_from_meta(meta), int(meta["tokens_seen"])

@@ -21,10 +21,13 @@ Which steps survive garbage collection: the newest ``keep`` steps, plus every st
 
 Resuming after a crash: ``restore()`` without a step tries the newest step first. A step that was
 never committed (an orphaned ``<step>.orbax-checkpoint-tmp`` directory: the process died mid-save)
-or whose files are missing or truncated (restoring it raises) is skipped with a warning that names
-it and why, and the previous step is tried, and so on. Nothing is deleted while doing so, and
-``last_restore`` tells the caller which step was used and which were skipped. If no step can be
-restored, ``CheckpointError`` lists every step tried; the caller never silently starts from scratch.
+or whose files are missing or truncated (restoring it raises) is skipped, and the previous step is
+tried, and so on (each attempt logged at DEBUG). Nothing is deleted while doing so. Once a step is
+restored, one warning per skipped step names it and why (a few words: "params: data truncated in
+<array>", "opt_state: file missing: <path>"), and ``last_restore`` tells the caller which step was
+used and which were skipped. If no step can be restored, ``CheckpointError`` lists every step tried
+and why, in one line; the caller never silently starts from scratch. A failed read leaves nothing
+running behind it (orbax's other reads of the item are waited for), so nothing else is printed.
 
 The next ``save`` moves every committed step that failed to restore aside to
 ``checkpoints/<step>.corrupt-<time>``, and the orphaned temporary directory of the step it saves
@@ -49,6 +52,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
+from harness import orbax_damage
 from harness.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_ITEM, CheckpointError,
                                 PathLike, one_line, path_str, tree_differences,
                                 updated_config_document, write_json_atomically, abbreviate,
@@ -295,7 +299,8 @@ class TrainCheckpointer:
 
         Returns:
           ``(step, params, opt_state, meta)``; ``meta`` as saved (``rng_from_meta(meta)`` rebuilds
-          the key). ``self.last_restore`` says which steps were skipped.
+          the key). ``self.last_restore`` says which steps were skipped, and why; each is also
+          logged as one warning.
 
         Raises:
           CheckpointError: if no step (or not the requested one) can be restored, listing each
@@ -328,27 +333,34 @@ class TrainCheckpointer:
                 "is_empty() says so")
 
         skipped: list[tuple[int, str]] = []
-        for candidate in candidates:
-            if candidate not in committed:
-                names = ", ".join(p.name for p in orphans[candidate])
-                reason = f"partial save, never committed (orphaned temporary directory {names})"
-            else:
-                try:
-                    params, opt_state, meta = self._restore_step(candidate, targets)
-                except _DamagedStep as e:
-                    reason = str(e)
-                    self._unrestorable[candidate] = reason
+        # orbax reads the arrays of an item concurrently and, when one read fails, raises at once
+        # and closes its event loop with the other reads still running; they then print hundreds of
+        # lines of asyncio tracebacks. While restoring, orbax waits for them instead (see
+        # orbax_damage.waits_for_failed_reads), so that a damaged step leaves nothing behind.
+        with orbax_damage.waits_for_failed_reads():
+            for i, candidate in enumerate(candidates):
+                if candidate not in committed:
+                    names = ", ".join(p.name for p in orphans[candidate])
+                    reason = f"partial save, never committed (orphaned temporary directory {names})"
                 else:
-                    self._unrestorable.pop(candidate, None)
-                    self.last_restore = RestoreReport(candidate, tuple(skipped))
-                    if skipped:
-                        logger.warning("%s: restored step %d; skipped newer steps %s",
-                                       self.directory, candidate, [s for s, _ in skipped])
-                    return candidate, params, opt_state, meta
-            skipped.append((candidate, reason))
-            logger.warning("%s: cannot restore step %d: %s; %s", self.directory, candidate, reason,
-                           "trying the previous step" if candidate != candidates[-1]
-                           else "no older step to try")
+                    try:
+                        params, opt_state, meta = self._restore_step(candidate, targets)
+                    except _DamagedStep as e:
+                        reason = str(e)
+                        self._unrestorable[candidate] = reason
+                    else:
+                        self._unrestorable.pop(candidate, None)
+                        self.last_restore = RestoreReport(candidate, tuple(skipped))
+                        for skipped_step, skipped_reason in skipped:
+                            logger.warning("%s: checkpoint %d could not be restored (%s); restored "
+                                           "step %d instead", self.directory, skipped_step,
+                                           skipped_reason, candidate)
+                        return candidate, params, opt_state, meta
+                skipped.append((candidate, reason))
+                # Progress only: the outcome is one warning per skipped step, or the error below.
+                logger.debug("%s: cannot restore step %d (%s); %s", self.directory, candidate,
+                             reason, f"trying step {candidates[i + 1]}" if i + 1 < len(candidates)
+                             else "no older step to try")
         tried = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
         raise CheckpointError(
             f"{self.directory}: no step can be restored (nothing was deleted) - {tried}")
@@ -356,6 +368,13 @@ class TrainCheckpointer:
     def _restore_step(self, step: int, targets: Mapping[str, Any]) -> tuple[Any, Any, dict]:
         """One step's items; raises ``_DamagedStep`` for damage, ``CheckpointError`` on mismatch."""
         step_dir = self.directory / str(step)
+        # Missing files are found without reading anything (the common damage: a deleted item
+        # directory or manifest); anything else shows when the item is read.
+        for item in (META_ITEM, PARAMS_ITEM, OPT_STATE_ITEM):
+            problem = orbax_damage.missing_file(step_dir / item, targets.get(item),
+                                                json_item=item == META_ITEM)
+            if problem:
+                raise _DamagedStep(f"{item}: {problem}")
         self._check_stored_trees(step, targets, step_dir)
         # One item at a time, so that the reason names the damaged item; the small "meta" first,
         # so that a damaged one costs no read of the arrays.
@@ -369,11 +388,11 @@ class TrainCheckpointer:
             # orbax and TensorStore raise many types (ValueError, OSError, JSONDecodeError, bare
             # Exception) for missing or truncated files; each means the step cannot be used.
             except Exception as e:  # pylint: disable=broad-exception-caught
-                raise _DamagedStep(f"{item} item: {one_line(e, limit=200)}") from e
+                raise _DamagedStep(f"{item}: {orbax_damage.describe(e, step_dir / item)}") from e
             if item == META_ITEM:
                 problem = _meta_problem(restored[item], step)
                 if problem:
-                    raise _DamagedStep(f"{META_ITEM} item: {problem}")
+                    raise _DamagedStep(f"{META_ITEM}: {problem}")
         return restored[PARAMS_ITEM], restored[OPT_STATE_ITEM], dict(restored[META_ITEM])
 
     def _check_stored_trees(self, step: int, targets: Mapping[str, Any],
