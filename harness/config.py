@@ -38,7 +38,8 @@ resolved configuration into ``<run_dir>/config.json`` before step 0, in the form
 ``harness/checkpoint.py`` (``{"model": ModelConfig.to_dict(), "run": to_dict(config), ...}``).
 
 This module imports neither TensorFlow nor seqio (nor JAX itself): configurations are built and
-checked on any machine, before the data pipeline starts.
+checked on any machine, before the data pipeline starts. ``check_inputs`` then checks the files a
+configuration names (source, vocabulary, upstream run) in milliseconds.
 """
 
 from __future__ import annotations
@@ -837,7 +838,9 @@ def validate(config: RunConfig, num_devices: int) -> None:
     the mesh covers ``num_devices``; model-axis dimensions divide the model axis; the batch divides
     over the data axis and into microbatches; ``checkpoint.keep_steps`` within ``train.steps``;
     the cosine warmup ends before ``train.steps``; ``optim.carry_state`` needs ``stage.init_from``;
-    ``stage.init_from`` is another directory.
+    ``stage.init_from`` is another directory. It reads no file: the files the config names are
+    ``check_inputs``'s, and the run directory is ``harness.run_record.check_resume``'s
+    (``harness.loop.preflight`` runs all three).
 
     Args:
       config: the configuration.
