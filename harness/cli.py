@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 ARCHITECTURES = ("cd", "nd", "ed")
 PRESETS = ("tiny", "small", "base", "large", "paper-decoder", "paper-encdec")
 OBJECTIVES = ("flm", "plm", "mlm")
-SUITES = ("eai", "t0")  # harness/evaluate.py
+SUITES = ("eai", "t0")  # harness/eval/evaluate.py
 # The study's six pretraining pairs (PAPER.md 1.2), in the paper's order.
 STUDY_PAIRS = (("cd", "flm"), ("cd", "mlm"), ("nd", "plm"), ("nd", "mlm"), ("ed", "plm"),
                ("ed", "mlm"))
@@ -77,7 +77,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
-    from harness.bench import run_benchmark
+    from harness.bench.train_bench import run_benchmark
 
     for arch in args.arch or ["cd"]:
         cfg = _model_config(argparse.Namespace(preset=args.preset, arch=arch), dtype=args.dtype,
@@ -98,7 +98,7 @@ def _cmd_bench_eval(args: argparse.Namespace) -> int:
     # The reference model and task are written locally; nothing may be fetched.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from harness import bench_eval
+    from harness.bench.train_bench import eval_bench as bench_eval
 
     chosen = {name: getattr(args, name) for name in
               ("d_model", "num_layers", "questions", "batch_size", "repeats", "seed")
@@ -112,7 +112,7 @@ def _cmd_bench_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_hf_t5(args: argparse.Namespace) -> int:
-    from harness.convert import convert_hf_t5
+    from harness.storage.convert import convert_hf_t5
 
     cfg = convert_hf_t5(args.src_dir, args.dst_dir, dtype=args.dtype)
     print(f"converted {args.src_dir} -> {args.dst_dir}: encoder-decoder, "
@@ -122,7 +122,7 @@ def _cmd_convert_hf_t5(args: argparse.Namespace) -> int:
 
 
 def _data_spec(args: argparse.Namespace, architecture: str, objective: str):
-    from harness.data import DataSpec
+    from harness.train.data import DataSpec
     return DataSpec(architecture=architecture, objective=objective, source=args.source,
                     vocabulary=args.vocab, total_length=args.length, text_field=args.text_field,
                     seed=args.seed)
@@ -132,7 +132,7 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
     from objectives.tasks import check_compatible
 
     check_compatible(args.arch, args.objective)  # before TensorFlow starts (seconds)
-    from harness.data import describe_example, format_description, pretraining_batches
+    from harness.train.data import describe_example, format_description, pretraining_batches
     from objectives.vocab import load_vocabulary
 
     spec = _data_spec(args, args.arch, args.objective)
@@ -152,7 +152,7 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_bench(args: argparse.Namespace) -> int:
-    from harness.data import measure_pipeline
+    from harness.train.data import measure_pipeline
 
     pairs = [p for p in STUDY_PAIRS if (args.arch is None or p[0] in args.arch)
              and (args.objective is None or p[1] in args.objective)]
@@ -179,10 +179,10 @@ def _cmd_vocab_train(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from harness import config as config_lib
-    from harness.distributed import initialize_if_multiprocess, launch_plan
+    from harness.train import config as config_lib
+    from harness.train.distributed import initialize_if_multiprocess, launch_plan
 
-    from harness import run_record
+    from harness.train import run_record
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # orbax logs every save and restore at INFO through absl, and JAX each backend it does not
@@ -191,14 +191,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU backend"
     config = config_lib.load_config(args.config, args.set or ())
     # The checks that need no device, before JAX starts: a typo in a path or a run directory that
-    # holds another run is reported at once, and nothing is written (harness.loop.preflight).
+    # holds another run is reported at once, and nothing is written (harness.train.loop.preflight).
     config_lib.check_inputs(config)
     run_record.check_resume(config)
     # Join a multi-process job (SLURM, TPU pod, explicit coordinator) before JAX sees any device.
     initialize_if_multiprocess(launch_plan(coordinator_address=args.coordinator_address,
                                            num_processes=args.num_processes,
                                            process_id=args.process_id))
-    from harness.loop import run
+    from harness.train.loop import run
 
     result = run(config)
     print(f"{config.name}: steps {result.first_step}..{result.last_step} done in {result.run_dir}"
@@ -210,7 +210,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import logging
     import warnings
 
-    from harness.evaluate import evaluate_checkpoint
+    from harness.eval.evaluate import evaluate_checkpoint
 
     if not args.verbose:
         # lm-eval's per-task notices about default aggregations, scikit-learn's F1 on tiny samples
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. --set train.steps=100 (repeatable)")
     stage.add_argument("--coordinator-address", metavar="HOST:PORT",
                        help="multi-process job: process 0's address (SLURM and TPU pods are "
-                            "detected without flags; harness/distributed.py)")
+                            "detected without flags; harness/train/distributed.py)")
     stage.add_argument("--num-processes", type=int, help="multi-process job: number of processes")
     stage.add_argument("--process-id", type=int, help="multi-process job: this process's index")
 

@@ -161,7 +161,7 @@ class Transformer(nn.Module):
           encoder_input_tokens: the encoder's tokens (encoder-decoder only).
           return_hidden: return the decoder's final hidden states ``[b, q, d_model]`` instead of
             the logits, so that a caller can project only the positions it needs
-            (``logits_from_hidden``; harness/scoring.py).
+            (``logits_from_hidden``; harness/eval/scoring.py).
 
         Returns:
           ``(float32 logits [b, q, vocab] or hidden states, updated cache)``.

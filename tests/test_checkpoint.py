@@ -1,4 +1,4 @@
-"""Tests of the on-disk model format (harness/checkpoint.py)."""
+"""Tests of the on-disk model format (harness/storage/checkpoint.py)."""
 
 import json
 import pathlib
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.checkpoint import CheckpointError, available_steps, load_model, save_model
+from harness.storage.checkpoint import CheckpointError, available_steps, load_model, save_model
 from models import sharding as shd
 from models.config import preset
 from models.transformer import abstract_params, init_fn

@@ -71,7 +71,7 @@ def test_flops_follow_perf_md_by_hand():
 
 
 def test_step_benchmark_reports_consistent_figures():
-    from harness.bench import run_benchmark
+    from harness.bench.train_bench import run_benchmark
 
     config = preset("tiny", "nd", dtype="float32")
     result = run_benchmark(config, 8, length=16, steps=2, repeats=2, warmup=1,

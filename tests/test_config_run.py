@@ -1,4 +1,4 @@
-"""The run configuration (harness/config.py): loading, overrides, validation, resolved JSON."""
+"""The run configuration (harness/train/config.py): loading, overrides, validation, resolved JSON."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from harness import checkpoint
-from harness import config as run_config
+from harness.storage import checkpoint
+from harness.train import config as run_config
 from helpers import assert_one_line_error
 from models.config import ModelConfig, preset
 from objectives import lengths as lengths_lib
@@ -128,7 +128,7 @@ def test_write_resolved_keeps_checkpoint_format(tmp_path):
     assert document["provenance"] == {"from": "x"}  # other keys are kept
     assert run_config.config_from_dict(document["run"]) == config
     assert run_config.load_config(path) == config  # a run's config.json loads as its config
-    # The same constants as harness/checkpoint.py, which this module does not import.
+    # The same constants as harness/storage/checkpoint.py, which this module does not import.
     assert (run_config.CONFIG_FILE, run_config.CHECKPOINTS_DIR, run_config.MODEL_KEY) == (
         checkpoint.CONFIG_FILE, checkpoint.CHECKPOINTS_DIR, checkpoint.MODEL_KEY)
 
@@ -238,7 +238,7 @@ def test_sections_check_their_own_fields_when_built_directly():
 
 def test_imports_neither_tensorflow_nor_seqio_nor_jax():
     # Configs are built and checked before anything heavy starts: an error costs milliseconds.
-    code = ("import sys, harness.config, harness.run_record; print(sorted(m for m in sys.modules "
+    code = ("import sys, harness.train.config, harness.train.run_record; print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('tensorflow', 'seqio', 'jax', 'orbax')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=pathlib.Path(__file__).resolve().parents[1])

@@ -1,4 +1,4 @@
-"""Tests of the Hugging Face T5 converter (harness/convert.py) against transformers' own T5."""
+"""Tests of the Hugging Face T5 converter (harness/storage/convert.py) against transformers' own T5."""
 
 import copy
 import json
@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from harness import convert  # noqa: E402
-from harness.checkpoint import CheckpointError, load_model  # noqa: E402
+from harness.storage import convert  # noqa: E402
+from harness.storage.checkpoint import CheckpointError, load_model  # noqa: E402
 from models.layers import relative_position_buckets  # noqa: E402
 from models.transformer import Transformer  # noqa: E402
 
@@ -325,7 +325,7 @@ def test_cli_converts_and_reports(untied, tmp_path, capsys):
 def test_the_checkpoints_tokenizer_travels_with_the_converted_model(tmp_path):
     """A Hugging Face T5 directory ships ``spiece.model``: the converted model keeps a copy and
     records it, so ``archobj eval`` needs no ``--vocab``."""
-    from harness.checkpoint import read_vocabulary
+    from harness.storage.checkpoint import read_vocabulary
     from objectives.vocab import train_sentencepiece
 
     _hf_model(tie=True, untie_head=False, seed=0).save_pretrained(tmp_path / "hf")

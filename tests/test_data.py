@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from harness import cli
-from harness.data import DataSpec, pretraining_batches
+from harness.train.data import DataSpec, pretraining_batches
 
 WORDS = ("the model reads a long document about language and learns to predict words while the "
          "encoder sees every token of its input and the decoder writes the answer").split()

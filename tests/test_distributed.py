@@ -1,11 +1,11 @@
-"""Multi-process start (harness/distributed.py): when ``jax.distributed.initialize`` is called."""
+"""Multi-process start (harness/train/distributed.py): when ``jax.distributed.initialize`` is called."""
 
 from __future__ import annotations
 
 import pytest
 
 from helpers import assert_one_line_error
-from harness.distributed import LaunchPlan, initialize_if_multiprocess, launch_plan
+from harness.train.distributed import LaunchPlan, initialize_if_multiprocess, launch_plan
 
 
 @pytest.mark.parametrize("env, source", [

@@ -1,4 +1,4 @@
-"""EAI-Eval through lm-eval 0.4.13 (harness/eai_eval.py; PAPER.md 3.1, 3.1b).
+"""EAI-Eval through lm-eval 0.4.13 (harness/eval/eai_eval.py; PAPER.md 3.1, 3.1b).
 
 All runs are offline on the committed synthetic fixture, with deterministic fake LMs: a scorer that
 hashes each (context, continuation) pair, and an oracle that knows the fixture's answers.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from lm_eval.api.model import LM
 
-from harness import eai_eval
+from harness.eval import eai_eval
 from helpers import assert_one_line_error
 
 # PAPER.md 3.1: AO eval_harness.sh's 32 names; the suite is these without mc_taco.
@@ -353,11 +353,11 @@ def test_limit_and_stderr():
 
 @pytest.fixture(scope="module")
 def tiny_archobj_checkpoint(tmp_path_factory):
-    pytest.importorskip("harness.lm_eval_adapter")
+    pytest.importorskip("harness.eval.lm_eval_adapter")
     import jax
     import numpy as np
 
-    from harness.checkpoint import save_model
+    from harness.storage.checkpoint import save_model
     from models.config import preset
     from models.transformer import abstract_params
 
@@ -371,7 +371,7 @@ def tiny_archobj_checkpoint(tmp_path_factory):
 
 
 def test_end_to_end_through_archobj_lm(tiny_archobj_checkpoint):
-    from harness.lm_eval_adapter import ArchobjLM
+    from harness.eval.lm_eval_adapter import ArchobjLM
 
     lm = ArchobjLM(str(tiny_archobj_checkpoint), vocabulary="byte", batch_size=4,
                    max_inputs_length=128, max_targets_length=32, max_gen_toks=8)

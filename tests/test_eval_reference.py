@@ -1,6 +1,6 @@
 """The archobj evaluation path against lm-eval's own Hugging Face backend, on the same weights.
 
-A tiny random T5 v1.1-layout model (harness/eval_reference.py) is scored on a local synthetic
+A tiny random T5 v1.1-layout model (harness/eval/eval_reference.py) is scored on a local synthetic
 multiple-choice task through ``lm_eval.simple_evaluate`` by lm-eval's ``hf`` model (backend
 ``seq2seq``, cpu, float32), and then:
 
@@ -25,9 +25,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import sentencepiece  # noqa: E402
 
-from harness import bench_eval, eval_reference  # noqa: E402
-from harness.checkpoint import load_model  # noqa: E402
-from harness.steps import make_score_step  # noqa: E402
+from harness.bench import eval_bench as bench_eval  # noqa: E402
+from harness.eval import eval_reference  # noqa: E402
+from harness.storage.checkpoint import load_model  # noqa: E402
+from harness.train.steps import make_score_step  # noqa: E402
 from models.transformer import Transformer  # noqa: E402
 from helpers import assert_one_line_error  # noqa: E402
 
@@ -226,7 +227,7 @@ def test_hf_scores_equal_archobj_score_step(reference, processor, hf_results):
 def archobj_model(reference):
     """The archobj lm-eval model with lm-eval's Hugging Face T5 tokenization (``context_eos``: EOS
     closes the encoder input). Compiled once for the module."""
-    from harness.lm_eval_adapter import ArchobjLM
+    from harness.eval.lm_eval_adapter import ArchobjLM
 
     model, _ = reference
     return ArchobjLM(str(model.archobj_dir), vocabulary=str(model.spm_model), batch_size=BATCH,
@@ -249,7 +250,7 @@ def test_context_eos_is_the_one_tokenization_difference(reference, hf_model, arc
     appended). ArchobjLM's default follows the study's harness (AO t5x/eval_harness.py,
     add_eos=False): the encoder input is hf's minus the final EOS, the targets are identical. With
     ``context_eos=True`` the ids are hf's exactly."""
-    from harness.lm_eval_adapter import ArchobjLM
+    from harness.eval.lm_eval_adapter import ArchobjLM
 
     model, task = reference
     study = ArchobjLM(str(model.archobj_dir), vocabulary=str(model.spm_model), batch_size=BATCH)

@@ -1,4 +1,4 @@
-"""``archobj eval`` (harness/evaluate.py): both suites end to end on the shipped fixtures through the
+"""``archobj eval`` (harness/eval/evaluate.py): both suites end to end on the shipped fixtures through the
 command line, results in the run directory, and one-line errors before any model is loaded."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from harness import cli
-from harness.checkpoint import save_model
+from harness.storage.checkpoint import save_model
 from models.config import preset
 from models.transformer import init_params
 
@@ -62,7 +62,7 @@ def test_both_suites_run_on_the_fixtures_and_write_into_the_run_directory(checkp
 ])
 def test_bad_requests_fail_in_one_line_before_loading(checkpoint, capsys, monkeypatch, args,
                                                       needles):
-    import harness.lm_eval_adapter as adapter
+    import harness.eval.lm_eval_adapter as adapter
 
     monkeypatch.setattr(adapter, "ArchobjLM", None)  # loading a model would fail loudly
     assert _eval(checkpoint, *args) == 2
@@ -98,8 +98,8 @@ def bfloat16_model(tmp_path_factory):
 
 def test_a_saved_model_records_its_vocabulary_and_can_be_scored_in_float32(bfloat16_model):
     """Before: save_model recorded no vocabulary, and evaluation always ran in the stored dtype."""
-    from harness.checkpoint import read_vocabulary
-    from harness.lm_eval_adapter import ArchobjLM
+    from harness.storage.checkpoint import read_vocabulary
+    from harness.eval.lm_eval_adapter import ArchobjLM
 
     directory, twin = bfloat16_model
     assert read_vocabulary(directory) == "byte"

@@ -1,4 +1,4 @@
-"""The lm-eval model ``archobj`` (harness/lm_eval_adapter.py) and the TF-free tokenizers.
+"""The lm-eval model ``archobj`` (harness/eval/lm_eval_adapter.py) and the TF-free tokenizers.
 
 The adapter's numbers are the scorer's (tests/test_scoring.py checks those against full forward
 passes); here: lm-eval's request path (Instances, tokenization, empty contexts, rolling windows,
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.checkpoint import CheckpointError, path_str, save_model
-from harness.tokenizer import load_tokenizer
+from harness.storage.checkpoint import CheckpointError, path_str, save_model
+from harness.eval.tokenizer import load_tokenizer
 from helpers import assert_one_line_error, tiny_config
 from models.transformer import abstract_params
 
@@ -24,7 +24,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
-from harness.lm_eval_adapter import ArchobjLM  # noqa: E402
+from harness.eval.lm_eval_adapter import ArchobjLM  # noqa: E402
 
 VOCAB = 384
 ARGS = "batch_size=4,max_inputs_length=16,max_targets_length=8"
@@ -193,7 +193,7 @@ def test_evaluation_imports_neither_tensorflow_nor_seqio():
     import subprocess
     import sys
 
-    code = ("import sys, harness.lm_eval_adapter, harness.scoring, harness.tokenizer; "
+    code = ("import sys, harness.eval.lm_eval_adapter, harness.eval.scoring, harness.eval.tokenizer; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from harness import config as config_lib
-from harness.checkpoint import load_model
-from harness.loop import run
+from harness.train import config as config_lib
+from harness.storage.checkpoint import load_model
+from harness.train.loop import run
 from helpers import assert_one_line_error
 
 WORDS = "a model reads text and learns to predict the next words of every document".split()
@@ -99,7 +99,7 @@ def test_carried_optimizer_state_continues_the_step_count(corpus, tmp_path, unin
 
 
 def _meta(run_dir, step):
-    from harness.train_checkpoint import META_ITEM
+    from harness.train.train_checkpoint import META_ITEM
     (path,) = [p for p in (run_dir / "checkpoints" / str(step) / META_ITEM).iterdir()
                if p.suffix in ("", ".json") and not p.name.startswith("_")]
     return json.loads(path.read_text())
@@ -140,7 +140,7 @@ def test_finetune_stage_trains_on_the_t0_mixture(corpus, tmp_path, uninterrupted
 
 @pytest.mark.parametrize("arch", ["nd", "ed"])
 def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch):
-    from harness.data import mtf_batches
+    from harness.train.data import mtf_batches
 
     def stream(**kwargs):
         return mtf_batches(arch, t0_fixture, "byte", 4, inputs_length=40, targets_length=16,
@@ -180,7 +180,7 @@ def test_sigkilled_run_resumes_with_identical_losses_and_logs_each_step_once(cor
     import sys
     import time
 
-    from harness import run_record
+    from harness.train import run_record
 
     steps, run_dir = 12, tmp_path / "killed"
     overrides = [f"--set={o}" for o in (
@@ -285,7 +285,7 @@ def test_rerun_with_another_configuration_is_refused_and_changes_nothing(corpus,
 
 def test_a_training_run_is_evaluated_with_its_own_vocabulary(uninterrupted):
     """Before: ``archobj eval RUN`` failed with "no data.vocabulary" unless --vocab was given."""
-    from harness.lm_eval_adapter import ArchobjLM
+    from harness.eval.lm_eval_adapter import ArchobjLM
 
     lm = ArchobjLM(str(uninterrupted[1]), max_inputs_length=16, max_targets_length=8)
     assert lm.vocabulary == "byte"

@@ -1,4 +1,4 @@
-"""Schedules and optimizers (harness/optim.py): the study's rsqrt schedule to the bit, t5x's
+"""Schedules and optimizers (harness/train/optim.py): the study's rsqrt schedule to the bit, t5x's
 Adafactor against a direct per-layer reference, optax's Adafactor's factored statistics, the
 optimizer-state size of the study's models, AdamW's weight-decay mask, and one-line errors."""
 
@@ -12,8 +12,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from helpers import assert_one_line_error, decoder_batch, random_tokens, tiny_config
-from harness import optim, steps
-from harness.state import create_train_state, state_shardings
+from harness.train import optim
+from harness.train import steps
+from harness.train.state import create_train_state, state_shardings
 from models import sharding
 from models.config import preset
 from models.transformer import Transformer, abstract_params, init_fn, init_params
@@ -104,7 +105,7 @@ def _assert_descends(optimizer, params, steps: int = 3) -> None:
 
 # Test parameters: (shape, logical axes, reference spec). The spec is t5x's treatment written out
 # by hand from t5x/adafactor.py (standard_logical_factor_rules, set_param_axes, _parse_rule), not
-# derived from harness.optim: (stacked over a leading layers axis, row dims, column dims), the
+# derived from harness.train.optim: (stacked over a leading layers axis, row dims, column dims), the
 # dims counted within one layer; no row or column dims means unfactored.
 T5X_PARAMS = {
     "attention": ((3, 8, 2, 4), P("layers", "embed", "heads", "kv"), (True, (0,), (1, 2))),

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from harness.train_checkpoint import TrainCheckpointer
+from harness.train.train_checkpoint import TrainCheckpointer
 from models.transformer import abstract_params
 from helpers import tiny_config
 
@@ -34,8 +34,8 @@ RESTORE = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 import jax, optax
-from harness.checkpoint import CheckpointError
-from harness.train_checkpoint import TrainCheckpointer
+from harness.storage.checkpoint import CheckpointError
+from harness.train.train_checkpoint import TrainCheckpointer
 from models.config import preset
 from models.transformer import abstract_params
 abstract = abstract_params(preset("tiny", "cd", dtype="float32"))
@@ -139,7 +139,7 @@ def test_orbax_waits_for_failed_reads_only_while_restoring():
     """The hook into orbax (a private function of 0.12.8): if an upgrade removes or renames it, the
     tests above fail with the noise, and this one says where to look."""
     from orbax.checkpoint._src import asyncio_utils
-    from harness import orbax_damage
+    from harness.storage import orbax_damage
     original = asyncio_utils._run_sync_via_new_loop
     assert original is orbax_damage._orbax_run_sync, "see orbax_damage.waits_for_failed_reads"
     with orbax_damage.waits_for_failed_reads():

@@ -1,4 +1,4 @@
-"""What a run directory says is true (harness/run_record.py, config.check_inputs): a stage resumes
+"""What a run directory says is true (harness/train/run_record.py, config.check_inputs): a stage resumes
 only with its own configuration, a bad path or vocabulary is reported before anything is written or
 compiled, and the model's embedding fits the vocabulary. The loop-level behaviour (metrics logged
 once after a kill, the resume record) is in tests/test_loop.py."""
@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from harness import config as config_lib
-from harness import run_record
+from harness.train import config as config_lib
+from harness.train import run_record
 from helpers import assert_one_line_error
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The scoring core (harness/scoring.py) against independent full-forward references.
+"""The scoring core (harness/eval/scoring.py) against independent full-forward references.
 
 The reference knows nothing of caches, buckets, batching or context sharing: for every request it
 builds the one row seqio's converters build (tests/helpers.decoder_batch for the decoders: the
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.checkpoint import CheckpointError, path_str
-from harness.scoring import Scorer, resolve_architecture
+from harness.storage.checkpoint import CheckpointError, path_str
+from harness.eval.scoring import Scorer, resolve_architecture
 from helpers import assert_one_line_error, decoder_batch, shift_right, tiny_config
 from models.decoding import EOS_ID, PAD_ID, init_cache
 from models.losses import token_log_probs
@@ -349,7 +349,7 @@ def test_scoring_on_a_mesh_equals_one_device(built, decoder_params, ed_params, a
 
 
 def test_mesh_shape_must_fit_devices_and_model(tmp_path, decoder_params):
-    from harness.checkpoint import save_model
+    from harness.storage.checkpoint import save_model
 
     save_model(tmp_path / "m", tiny_config("cd", vocab_size=VOCAB), decoder_params)
     with pytest.raises(ValueError) as excinfo:

@@ -1,4 +1,4 @@
-"""Train, eval and score steps (harness/steps.py) and the train state (harness/state.py).
+"""Train, eval and score steps (harness/train/steps.py) and the train state (harness/train/state.py).
 
 Invariants, no golden numbers: sharded == single device, accumulated == big batch, "sum" and
 "tokens" normalisation differ by the token count only, a non-finite step changes nothing, dropout
@@ -18,8 +18,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import assert_one_line_error, decoder_batch, random_tokens, tiny_config
-from harness import optim, steps
-from harness.state import TrainState, create_train_state, state_shardings
+from harness.train import optim
+from harness.train import steps
+from harness.train.state import TrainState, create_train_state, state_shardings
 from models import losses, sharding
 from models.transformer import Transformer, abstract_params, init_fn
 
@@ -96,7 +97,7 @@ def _assert_trees_close(actual, expected, atol: float) -> None:
 def test_steps_import_neither_tensorflow_nor_seqio():
     import subprocess
     import sys
-    code = ("import harness.optim, harness.state, harness.steps, sys; "
+    code = ("import harness.train.optim, harness.train.state, harness.train.steps, sys; "
             "print(' '.join(sys.modules))")
     modules = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                  text=True).stdout.split())

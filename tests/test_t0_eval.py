@@ -1,4 +1,4 @@
-"""Tests of T0-Eval (harness/t0_eval.py): the suite, rank classification, aggregation, data."""
+"""Tests of T0-Eval (harness/eval/t0_eval.py): the suite, rank classification, aggregation, data."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from harness import t0_eval
-from harness.t0_eval import (FIXTURE_DIR, T0EvalError, aggregate, encode_row, evaluate,
+from harness.eval import t0_eval
+from harness.eval.t0_eval import (FIXTURE_DIR, T0EvalError, aggregate, encode_row, evaluate,
                              find_dataset, load_examples, resolve_tasks, summarize)
-from harness.t0_eval_fixture import fixture_examples, make_fixture
+from harness.eval.t0_eval_fixture import fixture_examples, make_fixture
 from helpers import assert_one_line_error
 
 EOS = 1
@@ -353,7 +353,7 @@ def tiny_checkpoint(tmp_path_factory):
     import jax
     import jax.numpy as jnp
 
-    from harness.checkpoint import save_model
+    from harness.storage.checkpoint import save_model
     from models.config import preset
     from models.transformer import abstract_params
 
@@ -368,7 +368,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_end_to_end_through_archobj_lm(tiny_checkpoint, reference):
-    adapter = pytest.importorskip("harness.lm_eval_adapter")
+    adapter = pytest.importorskip("harness.eval.lm_eval_adapter")
     lm = adapter.ArchobjLM(str(tiny_checkpoint), vocabulary="byte", batch_size=8,
                            max_inputs_length=t0_eval.INPUTS_LENGTH,
                            max_targets_length=t0_eval.TARGETS_LENGTH)
@@ -440,7 +440,7 @@ def test_evaluation_imports_neither_tensorflow_nor_seqio():
     code = """
 import sys, warnings
 warnings.simplefilter("ignore")
-from harness import t0_eval
+from harness.eval import t0_eval
 class LM:
     eot_token_id = 1
     def tok_encode(self, text): return [b + 3 for b in text.encode()]

@@ -1,4 +1,4 @@
-"""Tests of whole-training-state checkpoints (harness/train_checkpoint.py)."""
+"""Tests of whole-training-state checkpoints (harness/train/train_checkpoint.py)."""
 
 import json
 import logging
@@ -13,13 +13,13 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from harness.checkpoint import CheckpointError, load_model
-from harness.train_checkpoint import TrainCheckpointer, rng_from_meta
+from harness.storage.checkpoint import CheckpointError, load_model
+from harness.train.train_checkpoint import TrainCheckpointer, rng_from_meta
 from models import sharding as shd
 from models.transformer import abstract_params
 from helpers import assert_one_line_error, tiny_config
 
-LOGGER = "harness.train_checkpoint"
+LOGGER = "harness.train.train_checkpoint"
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +311,7 @@ def test_caller_errors_are_one_line_and_write_nothing(tmp_path):
 
 
 def test_imports_neither_tensorflow_nor_seqio():
-    code = "import harness.train_checkpoint, sys; print(' '.join(sys.modules))"
+    code = "import harness.train.train_checkpoint, sys; print(' '.join(sys.modules))"
     modules = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                  text=True).stdout.split())
     assert "orbax.checkpoint" in modules

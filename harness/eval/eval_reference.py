@@ -5,7 +5,7 @@ The evaluation path of the study (PAPER.md 3.1: lm-eval ``loglikelihood`` reques
 checked here against lm-eval's own Hugging Face backend (``hf``, backend ``seq2seq``) on *the same
 weights*: a small randomly initialised T5 in the T5 v1.1 layout (gated GELU, untied unscaled
 ``lm_head``), saved with a SentencePiece tokenizer that is trained locally on T5's ids (pad 0,
-eos 1, unk 2, no bos), and converted by ``harness.convert`` into an archobj ``"ed"`` checkpoint.
+eos 1, unk 2, no bos), and converted by ``harness.storage.convert`` into an archobj ``"ed"`` checkpoint.
 Nothing is downloaded: the tokenizer, the weights and the questions are all made here,
 deterministically from a seed.
 
@@ -238,7 +238,7 @@ def make_reference_t5(out_dir: PathLike, *, d_model: int = 64, num_layers: int =
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
 
-    from harness import convert  # pylint: disable=import-outside-toplevel
+    from harness.storage import convert  # pylint: disable=import-outside-toplevel
     from objectives import vocab  # pylint: disable=import-outside-toplevel
 
     num_heads = num_heads or max(2, d_model // 64)

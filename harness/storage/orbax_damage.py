@@ -1,7 +1,7 @@
 """orbax restores that fail cleanly: what is wrong with a damaged item, in a few words, and no read
 of it left running to print tracebacks afterwards.
 
-Used by ``harness.checkpoint.load_model`` and ``harness.train_checkpoint.TrainCheckpointer.restore``:
+Used by ``harness.storage.checkpoint.load_model`` and ``harness.train.train_checkpoint.TrainCheckpointer.restore``:
 
     with waits_for_failed_reads():
         try:

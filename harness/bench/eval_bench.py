@@ -3,7 +3,7 @@ lm-eval's own Hugging Face backend, on the same weights and the same requests.
 
 Protocol (PERF.md "Benchmark protocol" and "Zero-shot evaluation throughput"):
 
-1. ``harness.eval_reference`` builds a random T5 v1.1-layout model (DEPS.md's reference by default:
+1. ``harness.eval.eval_reference`` builds a random T5 v1.1-layout model (DEPS.md's reference by default:
    d_model 512, 6+6 layers, vocab 32,128, 70.7M parameters), its archobj conversion, and
    ``questions`` synthetic ``choices``-way questions (1,200 loglikelihood requests by default).
 2. Both models are loaded in one process: lm-eval's ``hf`` (backend ``seq2seq``, device ``cpu``,
@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from harness import eval_reference
+from harness.eval import eval_reference
 
 # Makes the archobj side: (reference, batch_size) -> an lm-eval LM.
 LMFactory = Callable[[eval_reference.ReferenceT5, int], Any]
@@ -168,7 +168,7 @@ class EvalBenchResult:
 def default_archobj_factory(reference: eval_reference.ReferenceT5, batch_size: int) -> Any:
     """The ``archobj`` lm-eval model on the converted reference checkpoint, tokenizing as lm-eval's
     Hugging Face backend does (EOS closes the encoder input), so both score the same ids."""
-    from harness.lm_eval_adapter import ArchobjLM  # pylint: disable=import-outside-toplevel
+    from harness.eval.lm_eval_adapter import ArchobjLM  # pylint: disable=import-outside-toplevel
     return ArchobjLM(str(reference.archobj_dir), vocabulary=str(reference.spm_model),
                      batch_size=batch_size, context_eos=True)
 
@@ -201,7 +201,7 @@ def run_eval_benchmark(settings: EvalBenchSettings = EvalBenchSettings(), *,
       reference: an existing ``make_reference_t5`` model to use instead of building one (the
         model sizes of ``settings`` are then ignored).
       archobj_factory: builds the archobj side from ``(reference, batch_size)``; default
-        ``harness.lm_eval_adapter.ArchobjLM`` on the converted checkpoint.
+        ``harness.eval.lm_eval_adapter.ArchobjLM`` on the converted checkpoint.
       log: called with a line of progress now and then (e.g. ``print``); silent by default.
 
     Returns:

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from harness import orbax_damage
+from harness.storage import orbax_damage
 from models.config import ModelConfig
 from models.transformer import abstract_params
 
@@ -128,7 +128,7 @@ def load_model(directory: PathLike, step: Optional[int] = None,
     """Reads ``config.json`` and restores the parameters of one step.
 
     Args:
-      directory: a model directory written by ``save_model`` (or ``harness.convert``).
+      directory: a model directory written by ``save_model`` (or ``harness.storage.convert``).
       step: the step to restore; the latest one by default.
       shardings: where to put the parameters: a tree of ``jax.sharding.Sharding`` matching the
         parameter tree (e.g. ``logical_to_shardings(jax.eval_shape(init_fn(cfg), key), mesh)
@@ -192,7 +192,7 @@ def read_config(directory: PathLike) -> ModelConfig:
     if not directory.is_dir():
         raise CheckpointError(
             f"{directory}: model directory does not exist; pass a directory written by "
-            "harness.checkpoint.save_model (or harness.convert)")
+            "harness.storage.checkpoint.save_model (or harness.storage.convert)")
     document = _read_config_document(directory / CONFIG_FILE, required=True)
     return _model_config_from_document(document, directory / CONFIG_FILE)
 
@@ -251,7 +251,7 @@ def _read_config_document(path: pathlib.Path, required: bool) -> Optional[dict[s
             return None
         raise CheckpointError(
             f"{path}: config.json is missing; the model directory must hold the config written by "
-            "harness.checkpoint.save_model")
+            "harness.storage.checkpoint.save_model")
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -347,13 +347,13 @@ def _list_steps(checkpoints: pathlib.Path, require: bool = False) -> list[int]:
         if require:
             raise CheckpointError(
                 f"{checkpoints}: checkpoints directory is missing; save a step with "
-                "harness.checkpoint.save_model")
+                "harness.storage.checkpoint.save_model")
         return []
     with _open_read_only(checkpoints) as manager:
         steps = sorted(int(s) for s in manager.all_steps())
     if not steps and require:
         raise CheckpointError(
-            f"{checkpoints}: holds no saved step; save one with harness.checkpoint.save_model")
+            f"{checkpoints}: holds no saved step; save one with harness.storage.checkpoint.save_model")
     return steps
 
 

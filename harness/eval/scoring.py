@@ -41,7 +41,7 @@ cut to ``max_inputs_length``; for the decoders the whole row (context + continua
 ``max_inputs_length + max_targets_length``, keeping the whole continuation. A continuation longer
 than that budget is an error, never silently cut.
 
-This module imports neither lm-eval nor TensorFlow (``harness/lm_eval_adapter.py`` wraps it).
+This module imports neither lm-eval nor TensorFlow (``harness/eval/lm_eval_adapter.py`` wraps it).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class Scorer:
                         architecture: Optional[str] = None,
                         mesh_shape: Optional[tuple[int, int]] = None,
                         dtype: Optional[str] = None, **kwargs: Any) -> "Scorer":
-        """A ``Scorer`` over a model or run directory (``harness.checkpoint`` format).
+        """A ``Scorer`` over a model or run directory (``harness.storage.checkpoint`` format).
 
         The architecture switch is checked against ``config.json`` before any parameter is read.
         With ``mesh_shape=(data, model)`` (-1 fills the devices), each device reads only its own
@@ -182,10 +182,10 @@ class Scorer:
         stored.
 
         Raises:
-          harness.checkpoint.CheckpointError: a missing or invalid directory, step or checkpoint.
+          harness.storage.checkpoint.CheckpointError: a missing or invalid directory, step or checkpoint.
           ValueError: a bad argument or architecture switch.
         """
-        from harness import checkpoint  # orbax: only needed here
+        from harness.storage import checkpoint  # orbax: only needed here
 
         config = checkpoint.read_config(path)
         resolve_architecture(config, architecture)

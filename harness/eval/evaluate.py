@@ -4,7 +4,7 @@
                  [--data-dir DIR | --fixtures] [--step N] [--as-arch nd] [--batch-size 8]
 
 Each suite runs as the study ran it (PAPER.md 3.1, 3.2), on the ``archobj`` lm-eval model
-(``harness/lm_eval_adapter.py``): EAI-Eval through lm-evaluation-harness at 512 / 114 tokens,
+(``harness/eval/lm_eval_adapter.py``): EAI-Eval through lm-evaluation-harness at 512 / 114 tokens,
 T0-Eval by rank classification at 1024 / 256. The results of a suite go to
 
     <checkpoint>/eval/step_<N>/<suite>.json           raw results (lm-eval's output; T0-Eval's
@@ -28,13 +28,13 @@ import pathlib
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-from harness import checkpoint as ckpt
+from harness.storage import checkpoint as ckpt
 
 # suite -> (module, inputs length, targets length): the study's evaluation lengths (PAPER.md 3.1:
 # 512 / 114 for the harness; 3.2: 1024 / 256 for T0-Eval).
 SUITES: Mapping[str, tuple[str, int, int]] = {
-    "eai": ("harness.eai_eval", 512, 114),
-    "t0": ("harness.t0_eval", 1024, 256),
+    "eai": ("harness.eval.eai_eval", 512, 114),
+    "t0": ("harness.eval.t0_eval", 1024, 256),
 }
 EVAL_DIR = "eval"
 
@@ -178,7 +178,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
     out = (pathlib.Path(out_dir) if out_dir is not None
            else checkpoint / EVAL_DIR / results_dir_name(step, fixtures, limit, switched, recast))
 
-    from harness.lm_eval_adapter import ArchobjLM
+    from harness.eval.lm_eval_adapter import ArchobjLM
 
     results: list[SuiteResult] = []
     lm = None

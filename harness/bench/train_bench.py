@@ -8,7 +8,7 @@
    is *measured* on CPU (best of jitted ``jnp.dot`` and numpy on square matrices, same dtype, right
    before and after the timed steps) or taken from ``--peak-tflops`` on an accelerator.
 
-The step is the training loop's own ``harness.steps.make_train_step`` with the study's Adafactor
+The step is the training loop's own ``harness.train.steps.make_train_step`` with the study's Adafactor
 (forward, backward, z-loss, update) on a synthetic batch shaped like the study's objective for the
 architecture (cd: full LM; nd: prefix LM with a half-length prefix; ed: span
 corruption 512/114). It measures the model; the data pipeline is timed on its own.
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness.optim import logical_axes_of, make_optimizer, make_schedule
-from harness.state import create_train_state, state_shardings
-from harness.steps import make_train_step
+from harness.train.optim import logical_axes_of, make_optimizer, make_schedule
+from harness.train.state import create_train_state, state_shardings
+from harness.train.steps import make_train_step
 from models import sharding
 from models.config import ModelConfig
 from models.flops import FlopCount, decoder_only_flops, encoder_decoder_flops

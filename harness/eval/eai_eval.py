@@ -1,6 +1,6 @@
 """EAI-Eval (PAPER.md 3.1, 3.1b): the study's 31 zero-shot datasets through lm-evaluation-harness 0.4.13.
 
-The suite lives in ``harness/suites/eai_eval.yaml`` (names, metrics, random baselines, notes). Each task
+The suite lives in ``harness/eval/suites/eai_eval.yaml`` (names, metrics, random baselines, notes). Each task
 runs with lm-eval's own task config, read straight from its YAML under ``lm_eval/tasks/`` (``!function``
 helpers resolve next to that YAML), so building the full task index (~15 s, DEPS.md) is never needed.
 
@@ -12,7 +12,7 @@ Offline, the data come from local JSONL in each dataset's own hub schema::
 and the task config swaps only its data source for ``dataset_path: json`` with
 ``dataset_kwargs: {data_files: {split: path}}``; prompts, ``process_docs`` and metrics stay lm-eval's.
 :func:`export` writes that layout from the hub on a machine with network; :func:`make_fixture` writes
-the small synthetic copy the tests run on (``harness/suites/fixtures/eai/``).
+the small synthetic copy the tests run on (``harness/eval/suites/fixtures/eai/``).
 
 Public API: :data:`TASKS`, :func:`load_suite`, :func:`evaluate`, :func:`summarize`,
 :func:`format_summary`, :func:`task_config`, :func:`build_task`, :func:`local_data_file`,
@@ -180,7 +180,7 @@ def hf_offline() -> bool:
 
 
 def _how_to_provide(task: SuiteTask) -> str:
-    return (f"write it with harness.eai_eval.export(DATA_DIR, tasks=[{task.task!r}]) on a machine with "
+    return (f"write it with harness.eval.eai_eval.export(DATA_DIR, tasks=[{task.task!r}]) on a machine with "
             f"network (one JSON object per line in the hub schema, with at least "
             f"{', '.join(task.fields)})")
 
@@ -305,7 +305,7 @@ def evaluate(lm, *, data_dir: str | os.PathLike | None = None, tasks: str | Sequ
     """Runs EAI-Eval zero-shot on ``lm`` (any lm-eval ``LM``) and returns lm-eval's raw results.
 
     Args:
-        lm: an ``lm_eval.api.model.LM`` (e.g. ``harness.lm_eval_adapter.ArchobjLM``).
+        lm: an ``lm_eval.api.model.LM`` (e.g. ``harness.eval.lm_eval_adapter.ArchobjLM``).
         data_dir: local data root (see the module docstring); ``None`` reads the Hugging Face hub.
         tasks: lm-eval or study names (default: all 31).
         limit: lm-eval's ``limit``: at most this many documents per task (a fraction if < 1).
@@ -333,7 +333,7 @@ def evaluate(lm, *, data_dir: str | os.PathLike | None = None, tasks: str | Sequ
                          f"got {limit!r}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EvalDataError(f"data_dir: {data_dir} is not a directory; it should hold <dataset path>/"
-                            f"<config or default>/<split>.jsonl (written by harness.eai_eval.export)")
+                            f"<config or default>/<split>.jsonl (written by harness.eval.eai_eval.export)")
     selected = resolve_tasks(tasks)
     built = {}
     for task in selected:                  # every dataset is loaded before the model runs at all

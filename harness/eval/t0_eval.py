@@ -40,7 +40,7 @@ the hub paths lm-eval 0.4.13 reads (``aps/super_glue``, ``facebook/anli``, ``Row
 (``export_split`` writes any loaded split). Without ``data_dir`` the splits are read from the
 Hugging Face hub (``datasets.load_dataset``); ``LSDSem/story_cloze`` needs its manual download
 there (``load_kwargs={"story_cloze": {"data_dir": ...}}``). The project's fixture (synthetic
-examples, ``harness.t0_eval_fixture.make_fixture``) lies in ``FIXTURE_DIR``.
+examples, ``harness.eval.t0_eval_fixture.make_fixture``) lies in ``FIXTURE_DIR``.
 
 This module imports neither TensorFlow nor seqio; promptsource and datasets are imported lazily.
 """
@@ -391,7 +391,7 @@ def load_examples(dataset: T0EvalDataset, data_dir: str | os.PathLike | None = N
         if not path.is_file():
             raise T0EvalError(
                 f"T0-Eval dataset {dataset.name}: {path} does not exist; write it on a machine "
-                f"with network with harness.t0_eval.export({str(data_dir)!r}) (one JSON object "
+                f"with network with harness.eval.t0_eval.export({str(data_dir)!r}) (one JSON object "
                 f"per line in the Hugging Face schema of {dataset.hub_path} "
                 f"{dataset.hub_config or ''} split {dataset.split})")
         examples = _read_jsonl(path, limit)
@@ -443,7 +443,7 @@ def _load_from_hub(dataset: T0EvalDataset, limit: int | None,
             f"T0-Eval dataset {dataset.name}: cannot load {dataset.hub_path} "
             f"{dataset.hub_config or ''} split {dataset.split} from the Hugging Face hub "
             f"({type(error).__name__}: {reason}); offline, pass a data_dir (--data-dir DIR) "
-            f"holding {dataset.data_path('DIR')}, written by harness.t0_eval.export") from None
+            f"holding {dataset.data_path('DIR')}, written by harness.eval.t0_eval.export") from None
     return [dict(example) for example in loaded]
 
 
@@ -504,7 +504,7 @@ def _check_lm(lm: Any) -> None:
     if missing:
         raise T0EvalError(f"lm={type(lm).__name__}: lacks {missing}; T0-Eval needs "
                           "score_tokens(requests), tok_encode(text) and eot_token_id "
-                          "(harness.lm_eval_adapter.ArchobjLM has them)")
+                          "(harness.eval.lm_eval_adapter.ArchobjLM has them)")
 
 
 def _check_lengths(lm: Any, inputs_length: int, targets_length: int) -> None:
@@ -537,7 +537,7 @@ def evaluate(lm: Any, *, data_dir: str | os.PathLike | None = None,
     Args:
       lm: an object with ``tok_encode(text) -> list[int]`` (no special tokens), ``eot_token_id``
         and ``score_tokens([(input ids, target ids)]) -> [(sum log-prob, is_greedy)]``:
-        ``harness.lm_eval_adapter.ArchobjLM`` built with ``max_inputs_length >= inputs_length``
+        ``harness.eval.lm_eval_adapter.ArchobjLM`` built with ``max_inputs_length >= inputs_length``
         and ``max_targets_length >= targets_length`` (checked when ``lm.scorer`` has them).
       data_dir: the offline layout (see the module doc); None reads the Hugging Face hub.
       tasks: dataset names (``T0_EVAL_TASKS``, or ``anli``); None for all 11.

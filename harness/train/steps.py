@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from harness.state import TrainState
+from harness.train.state import TrainState
 from models import losses
 from models import sharding as shd
 from models.transformer import Transformer
@@ -64,7 +64,7 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
 
     Args:
       model: the Transformer (its own ``enable_dropout`` is overridden here).
-      optimizer: from ``harness.optim.make_optimizer``; the state must have been created with it.
+      optimizer: from ``harness.train.optim.make_optimizer``; the state must have been created with it.
       schedule: the optimizer's schedule; only logged (``metrics["learning_rate"]``).
       z_loss: coefficient of log(Z)^2 (1e-4 in the study).
       loss_normalization: one of ``LOSS_NORMALIZATIONS``.

@@ -35,7 +35,7 @@ line names the dotted key (``train.steps='ten': expected int``). Cross-field che
 objective, lengths, mesh, batch divisibility, stage) live in one ``validate(config, num_devices)``,
 which the harness calls before anything is compiled (STYLE.md B4). ``write_resolved`` writes the
 resolved configuration into ``<run_dir>/config.json`` before step 0, in the format of
-``harness/checkpoint.py`` (``{"model": ModelConfig.to_dict(), "run": to_dict(config), ...}``).
+``harness/storage/checkpoint.py`` (``{"model": ModelConfig.to_dict(), "run": to_dict(config), ...}``).
 
 This module imports neither TensorFlow nor seqio (nor JAX itself): configurations are built and
 checked on any machine, before the data pipeline starts. ``check_inputs`` then checks the files a
@@ -64,14 +64,14 @@ from objectives import t0 as t0_lib
 from objectives import tasks
 from objectives import vocab as vocab_lib
 
-# The format of harness/checkpoint.py (kept equal to its constants; tests/test_config_run.py checks
+# The format of harness/storage/checkpoint.py (kept equal to its constants; tests/test_config_run.py checks
 # it). Duplicated so that building a configuration does not import orbax.
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_KEY = "model"
 # The top-level key of config.json that holds ``to_dict(config)``.
 RUN_KEY = "run"
-# The top-level key of config.json that lists each restart of the run (harness/run_record.py).
+# The top-level key of config.json that lists each restart of the run (harness/train/run_record.py).
 RESUMES_KEY = "resumes"
 
 OBJECTIVES = ("flm", "plm", "mlm", "mtf")  # mtf: multitask finetuning on the T0 mixture
@@ -87,7 +87,7 @@ VOCABULARY_IDS = {"t5": vocab_lib.T5_VOCAB_SIZE, "byte": vocab_lib.BYTE_VOCAB_SI
 # Embedding rows are padded to a multiple of this (T5's 32,100 ids -> 32,128, PAPER.md Table 1).
 VOCAB_SIZE_MULTIPLE = 128
 
-# "adafactor": t5x's, as the study ran it; "adafactor_optax": optax's (harness/optim.py).
+# "adafactor": t5x's, as the study ran it; "adafactor_optax": optax's (harness/train/optim.py).
 OPTIMIZERS = ("adafactor", "adafactor_optax", "adamw")
 SCHEDULES = ("rsqrt", "constant", "cosine")
 LOSS_NORMALIZATIONS = ("sum", "tokens")
@@ -292,7 +292,7 @@ def model_keys() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Section):
-    """What the stage trains on (PAPER.md 1.2, 2.2, 3.3; ``harness/data.py``).
+    """What the stage trains on (PAPER.md 1.2, 2.2, 3.3; ``harness/train/data.py``).
 
     Attributes:
       objective: "flm", "plm", "mlm" (pretraining and adaptation) or "mtf" (multitask finetuning on
@@ -373,7 +373,7 @@ class OptimConfig(_Section):
 
     Attributes:
       name: "adafactor" (t5x's, the study's), "adafactor_optax" (optax's: other factoring, see
-        ``harness/optim.py``) or "adamw".
+        ``harness/train/optim.py``) or "adamw".
       schedule: "rsqrt", "constant" or "cosine".
       learning_rate: base rate (the rsqrt multiplier, the constant rate, or the cosine peak).
       warmup_steps: rsqrt: steps of the flat start; cosine: linear warmup steps; constant: unused.
@@ -839,8 +839,8 @@ def validate(config: RunConfig, num_devices: int) -> None:
     over the data axis and into microbatches; ``checkpoint.keep_steps`` within ``train.steps``;
     the cosine warmup ends before ``train.steps``; ``optim.carry_state`` needs ``stage.init_from``;
     ``stage.init_from`` is another directory. It reads no file: the files the config names are
-    ``check_inputs``'s, and the run directory is ``harness.run_record.check_resume``'s
-    (``harness.loop.preflight`` runs all three).
+    ``check_inputs``'s, and the run directory is ``harness.train.run_record.check_resume``'s
+    (``harness.train.loop.preflight`` runs all three).
 
     Args:
       config: the configuration.
@@ -1032,18 +1032,18 @@ def config_from_dict(document: Mapping[str, Any]) -> RunConfig:
 
 def write_resolved(config: RunConfig, run_dir: Optional[Union[str, os.PathLike]] = None,
                    resume: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
-    """Writes ``<run_dir>/config.json`` before step 0, in ``harness/checkpoint.py``'s format.
+    """Writes ``<run_dir>/config.json`` before step 0, in ``harness/storage/checkpoint.py``'s format.
 
-    Sets ``"model"`` to ``ModelConfig.to_dict()`` (what ``harness.checkpoint.read_config`` reads)
+    Sets ``"model"`` to ``ModelConfig.to_dict()`` (what ``harness.storage.checkpoint.read_config`` reads)
     and ``"run"`` to ``to_dict(config)``; other top-level keys of an existing file (provenance,
     earlier resumes) are kept. The write is atomic (write, then rename). On several hosts, call it
     on process 0 only. Whether the run may be written there at all is
-    ``harness.run_record.check_resume``'s question, asked first.
+    ``harness.train.run_record.check_resume``'s question, asked first.
 
     Args:
       config: the configuration.
       run_dir: the directory; ``config.run_dir`` by default. Created if missing.
-      resume: a restart to append to the ``"resumes"`` list (``harness.run_record.resume_entry``).
+      resume: a restart to append to the ``"resumes"`` list (``harness.train.run_record.resume_entry``).
 
     Returns:
       The path of ``config.json``.

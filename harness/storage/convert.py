@@ -2,7 +2,7 @@
 
 Supported: the GEGLU T5 layout of T5 v1.1, T5-LM-adapt and T0 (``feed_forward_proj="gated-gelu"``,
 one relative-position table per stack, no biases), usually with an untied ``lm_head``. The result is
-an ``"ed"`` model directory in the harness's own format (``harness.checkpoint``), so the study's
+an ``"ed"`` model directory in the harness's own format (``harness.storage.checkpoint``), so the study's
 released baselines can be evaluated by the same code as the models trained here.
 
 Layout mapping (torch ``nn.Linear`` stores ``[out, in]``; ours are ``[in, ...]``; ``L`` = layers)::
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness import checkpoint
+from harness.storage import checkpoint
 from models.config import ModelConfig
 from models.transformer import abstract_params
 
@@ -467,7 +467,7 @@ def convert_hf_t5(src_dir: PathLike, dst_dir: PathLike, dtype: str = "bfloat16",
                   param_dtype: str = "float32") -> ModelConfig:
     """Converts a local HF T5 v1.1 / T5-LM-adapt / T0 directory into an archobj model directory.
 
-    The result is step 0 of ``dst_dir`` in ``harness.checkpoint``'s format; ``config.json`` also
+    The result is step 0 of ``dst_dir`` in ``harness.storage.checkpoint``'s format; ``config.json`` also
     records where it came from (``converted_from``: source path and the HF config).
 
     Args:

@@ -9,7 +9,7 @@ arguments, so the run config can call them with its own fields::
                                logical_axes=param_logical_axes(model_config))
 
 Schedules map the optimizer's own step count (an int32 array, 0 on the first update) to a float32
-learning rate, so they can be jitted, and ``harness.steps`` logs ``schedule(state.step)``.
+learning rate, so they can be jitted, and ``harness.train.steps`` logs ``schedule(state.step)``.
 
 Two Adafactors. The study trained with t5x's Adafactor (``t5x/adafactor.py``; PAPER.md 2.1:
 ``decay_rate=0.8``, ``step_offset=0``, ``standard_logical_factor_rules``). ``adafactor_t5x`` (the

@@ -1,7 +1,7 @@
 """The training state and its shardings.
 
 ``TrainState`` holds only arrays: the step, the parameters and the optimizer state. The model and
-the optimizer stay outside it (``harness.steps`` closes over them), so the state is a plain pytree
+the optimizer stay outside it (``harness.train.steps`` closes over them), so the state is a plain pytree
 that orbax saves and restores as it is, and that ``jax.jit`` shards with one tree of
 ``NamedSharding``.
 

@@ -1,6 +1,6 @@
 """Checkpoints of a whole training stage: parameters, optimizer state and loop state.
 
-A training run uses the same directory format as ``harness.checkpoint`` (``config.json`` plus
+A training run uses the same directory format as ``harness.storage.checkpoint`` (``config.json`` plus
 ``checkpoints/<step>/``), with two items beside ``params``::
 
     <run_dir>/
@@ -11,7 +11,7 @@ A training run uses the same directory format as ``harness.checkpoint`` (``confi
         2000/meta/metadata        ocp.args.JsonSave: {"step", "rng", "rng_impl", "data_position",
                                   "tokens_seen", ...extra keys of the loop}
 
-so ``harness.checkpoint.load_model(run_dir)`` loads the parameters of any training step.
+so ``harness.storage.checkpoint.load_model(run_dir)`` loads the parameters of any training step.
 
 Which steps survive garbage collection: the newest ``keep`` steps, plus every step named in
 ``keep_steps`` (the study's 42B/84B/168B-token checkpoints), forever. orbax 0.12.8 has no
@@ -52,8 +52,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from harness import orbax_damage
-from harness.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_ITEM, CheckpointError,
+from harness.storage import orbax_damage
+from harness.storage.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, PARAMS_ITEM, CheckpointError,
                                 PathLike, one_line, path_str, tree_differences,
                                 updated_config_document, write_json_atomically, abbreviate,
                                 available_steps)
@@ -106,7 +106,7 @@ class TrainCheckpointer:
           async_save: write in a background thread; ``save`` returns after the device-to-host copy.
           model_config: if given, ``config.json`` is made to hold it (written if missing, other keys
             kept), and every ``save`` checks the parameter names and shapes against it, so that
-            ``harness.checkpoint.load_model(run_dir)`` can read the run.
+            ``harness.storage.checkpoint.load_model(run_dir)`` can read the run.
 
         Raises:
           CheckpointError: for a bad option, or a ``config.json`` that holds a different model

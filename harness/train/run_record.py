@@ -32,7 +32,7 @@ import pathlib
 import time
 from typing import Any, Mapping, Optional
 
-from harness import config as config_lib
+from harness.train import config as config_lib
 
 METRICS_FILE = "metrics.jsonl"
 RESUMES_KEY = config_lib.RESUMES_KEY
@@ -97,7 +97,7 @@ def check_resume(config: config_lib.RunConfig) -> Optional[dict[str, list[Any]]]
         raise ValueError(
             f"{path}: holds a run with another configuration (stored -> new: {changes}); a stage "
             "resumes only with the configuration it started with (train.steps, logging, "
-            "checkpointing, mesh and microbatches aside: harness.run_record.RESUMABLE); write "
+            "checkpointing, mesh and microbatches aside: harness.train.run_record.RESUMABLE); write "
             "the new run into a new run_dir")
     newest = max(committed_steps(run_dir), default=0)
     if config.train.steps < newest:

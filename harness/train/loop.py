@@ -14,9 +14,9 @@ The optimizer state starts fresh when a stage starts from another run, unless ``
 
 Resume is exact: a stage restarted in the same run directory restores parameters, optimizer state,
 step and RNG from the newest restorable checkpoint, and its data stream restarts at that step
-(``harness/data.py``), so the losses continue bit for bit as if the run had never stopped. It
+(``harness/train/data.py``), so the losses continue bit for bit as if the run had never stopped. It
 resumes only with the configuration it started with, records the restart in ``config.json`` and
-logs each step once (``harness/run_record.py``).
+logs each step once (``harness/train/run_record.py``).
 
 Nothing is written and nothing compiled before ``preflight`` has checked the configuration, the
 files it names and the run directory.
@@ -38,13 +38,13 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from harness import config as config_lib
-from harness import run_record
-from harness.checkpoint import load_model, read_config, tree_differences
-from harness.optim import logical_axes_of, make_optimizer, make_schedule
-from harness.state import TrainState, create_train_state, state_shardings
-from harness.steps import make_train_step
-from harness.train_checkpoint import TrainCheckpointer, rng_from_meta
+from harness.train import config as config_lib
+from harness.train import run_record
+from harness.storage.checkpoint import load_model, read_config, tree_differences
+from harness.train.optim import logical_axes_of, make_optimizer, make_schedule
+from harness.train.state import TrainState, create_train_state, state_shardings
+from harness.train.steps import make_train_step
+from harness.train.train_checkpoint import TrainCheckpointer, rng_from_meta
 from models import flops as flops_lib
 from models import sharding
 from models.transformer import Transformer, init_fn
@@ -84,7 +84,7 @@ def _flops_per_row(config: config_lib.RunConfig) -> float:
 
 
 def _batches(config: config_lib.RunConfig, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
-    from harness import data
+    from harness.train import data
 
     host = {"start_step": start_step, "host_index": jax.process_index(),
             "num_hosts": jax.process_count()}

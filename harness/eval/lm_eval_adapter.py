@@ -1,4 +1,4 @@
-"""lm-evaluation-harness 0.4.13 model ``archobj``: a thin adapter over ``harness.scoring.Scorer``.
+"""lm-evaluation-harness 0.4.13 model ``archobj``: a thin adapter over ``harness.eval.scoring.Scorer``.
 
 Importing this module registers the model with lm-eval, so that ``lm_eval.simple_evaluate(model=
 "archobj", model_args="checkpoint=runs/cd_flm,batch_size=8")`` finds it (PAPER.md 3.1; STYLE.md
@@ -12,7 +12,7 @@ What lm-eval sees:
   continuation together and splits after the context's tokens, and for "seq2seq" tokenizes the two
   separately. Nothing adds EOS: the study's harness tokenized with ``add_eos=False``
   (AO ``t5x/eval_harness.py``). An empty context becomes ``[EOS]`` (lm-eval's ``prefix_token_id``).
-* ``loglikelihood``: ``Scorer.loglikelihood`` (exact rows of training, see ``harness/scoring.py``).
+* ``loglikelihood``: ``Scorer.loglikelihood`` (exact rows of training, see ``harness/eval/scoring.py``).
 * ``loglikelihood_rolling``: decoders: lm-eval's disjoint rolling windows (as its Hugging Face
   backend), each window one row of at most ``max_inputs_length + max_targets_length`` tokens
   (the first window's context is ``[EOS]``). ed: the document is cut into chunks of
@@ -38,9 +38,9 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval import utils as lm_eval_utils
 
-from harness import checkpoint as ckpt
-from harness.scoring import Scorer, resolve_architecture, with_dtype
-from harness.tokenizer import Tokenizer, load_tokenizer
+from harness.storage import checkpoint as ckpt
+from harness.eval.scoring import Scorer, resolve_architecture, with_dtype
+from harness.eval.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ArchobjLM(TemplateLM):
       checkpoint: a model or run directory (``config.json`` + ``checkpoints/``).
       vocabulary: ``"byte"``, ``"t5"`` or a SentencePiece ``.model`` path; default: the one
         ``config.json`` records (a training run's ``data.vocabulary``, a saved model's
-        ``vocabulary``; ``harness.checkpoint.read_vocabulary``).
+        ``vocabulary``; ``harness.storage.checkpoint.read_vocabulary``).
       architecture: evaluate a cd checkpoint as nd or the reverse (PAPER.md 3.1).
       step: the checkpoint step (default: the latest).
       batch_size: rows per device call.
@@ -78,7 +78,7 @@ class ArchobjLM(TemplateLM):
         full precision); None keeps the checkpoint's.
 
     Raises:
-      harness.checkpoint.CheckpointError: a missing or invalid checkpoint.
+      harness.storage.checkpoint.CheckpointError: a missing or invalid checkpoint.
       ValueError: an unknown vocabulary, a vocabulary larger than the model's, an architecture
         switch between ed and a decoder, or a bad argument; one line each.
     """

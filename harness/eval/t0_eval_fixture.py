@@ -3,7 +3,7 @@
 Written by this module, never copied from the datasets: the sentences are generated from small
 word lists, every label of every dataset is present, and every one of the 116 prompts renders on
 them with its target among the answer choices (``tests/test_t0_eval.py``). ``make_fixture`` writes
-the committed copy under ``harness/suites/fixtures/t0/`` (``harness.t0_eval.FIXTURE_DIR``).
+the committed copy under ``harness/eval/suites/fixtures/t0/`` (``harness.eval.t0_eval.FIXTURE_DIR``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import os
 from typing import Any
 
-from harness.t0_eval import export_split
+from harness.eval.t0_eval import export_split
 
 _NAMES = ("Mara", "Tobin", "Ines", "Kofi", "Lena", "Ravi", "Sofia", "Arlo", "Nadia")
 _PLACES = ("market", "library", "harbour", "museum", "bakery", "stadium", "garden", "station",

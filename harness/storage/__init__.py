@@ -1,0 +1,1 @@
+"""archobj harness: Models on disk: the checkpoint format, damaged-checkpoint reporting, Hugging Face conversion."""
