@@ -57,6 +57,7 @@ from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 import yaml
 
 from models import config as model_config_lib
+from models import flops as flops_lib
 from models.config import ModelConfig
 from objectives import lengths as lengths_lib
 from objectives import sources as sources_lib
@@ -987,6 +988,30 @@ def _vocabulary_ids(vocabulary: str) -> Optional[int]:
         return vocab_lib.vocabulary_ids(vocabulary)
     except ValueError:
         return None
+
+
+def tokens_per_row(config: RunConfig) -> int:
+    """Tokens one row of this stage's batches holds (encoder + decoder): the tokens it sees, on
+    which the study matches compute (PAPER.md 1.2: 626 for every pretraining objective; an ED:PLM
+    row packs two examples, 626 + 626)."""
+    lengths = config.task_lengths()
+    if "decoder_target_tokens" in lengths:  # pass-through features (PLM)
+        return lengths["decoder_target_tokens"] + lengths.get("encoder_input_tokens", 0)
+    return lengths.get("inputs", 0) + lengths["targets"]
+
+
+def flops_per_row(config: RunConfig) -> float:
+    """Analytic training FLOPs of one row of this stage's batches (PERF.md; models/flops.py)."""
+    model = config.model_config()
+    lengths = config.task_lengths()
+    if model.is_encoder_decoder:
+        inputs = lengths.get("inputs", lengths.get("encoder_input_tokens", 0))
+        targets = lengths.get("targets", lengths.get("decoder_target_tokens", 0))
+        return flops_lib.encoder_decoder_flops(model, inputs, targets).total
+    total = sum(lengths.get(k, 0) for k in ("inputs", "targets")) or lengths["targets"]
+    prefix = lengths.get("inputs", total // 2 if config.data.objective == "plm" else 0)
+    return flops_lib.decoder_only_flops(model, total, prefix if model.architecture == "nd" else 0
+                                        ).total
 
 
 # -------------------------------------------------------------------------------------------------

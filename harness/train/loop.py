@@ -45,7 +45,6 @@ from harness.train.optim import logical_axes_of, make_optimizer, make_schedule
 from harness.train.state import TrainState, create_train_state, state_shardings
 from harness.train.steps import make_train_step
 from harness.train.train_checkpoint import TrainCheckpointer, rng_from_meta
-from models import flops as flops_lib
 from models import sharding
 from models.transformer import Transformer, init_fn
 from models.transformer import abstract_params as models_abstract_params
@@ -67,20 +66,6 @@ class StageResult:
     last_step: int
     losses: list[float]        # per step of this invocation, in order
     skipped_checkpoints: tuple  # damaged checkpoints skipped on restore: ((step, reason), ...)
-
-
-def _flops_per_row(config: config_lib.RunConfig) -> float:
-    """Analytic training FLOPs of one row of this stage's batches (PERF.md; models/flops.py)."""
-    model = config.model_config()
-    lengths = config.task_lengths()
-    if model.is_encoder_decoder:
-        inputs = lengths.get("inputs", lengths.get("encoder_input_tokens", 0))
-        targets = lengths.get("targets", lengths.get("decoder_target_tokens", 0))
-        return flops_lib.encoder_decoder_flops(model, inputs, targets).total
-    total = sum(lengths.get(k, 0) for k in ("inputs", "targets")) or lengths["targets"]
-    prefix = lengths.get("inputs", total // 2 if config.data.objective == "plm" else 0)
-    return flops_lib.decoder_only_flops(model, total, prefix if model.architecture == "nd" else 0
-                                        ).total
 
 
 def _batches(config: config_lib.RunConfig, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
@@ -299,7 +284,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
         writer = _MetricsWriter(run_dir, is_main,
                                 purge_step=None if changed is None else start + 1)
         bar = _progress_bar(start, train.steps, progress)
-        flops_per_step = _flops_per_row(config) * train.batch_size
+        flops_per_step = config_lib.flops_per_row(config) * train.batch_size
         batches = _batches(config, start)
         pending: Optional[tuple[int, Any, int]] = None  # (step, metrics, tokens seen), one step late
         window_start, window_tokens = time.perf_counter(), 0

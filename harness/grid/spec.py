@@ -1,0 +1,422 @@
+"""Grid files: the study as data (``experiments/*.yaml``), read and checked before anything runs.
+
+A grid file names the models, the budgets and the stage recipes once, and lists its cells as
+*chains*, each expanded over architectures or pairs, so that no cell is hand-copied::
+
+    grid: paper
+    scale: "the study's: 4.8B decoders, 11B encoder-decoder"
+    architectures:                     # the model of each architecture (run-config keys)
+      cd: {model.preset: paper-decoder}
+      nd: {model.preset: paper-decoder}
+      ed: {model.preset: paper-encdec}
+    base: {data.source: c4, data.vocabulary: t5, train.batch_size: 2048}   # every training stage
+    pairs: {ed_plm: {train.batch_size: 1024}}   # every stage training that pair (pretrain, adapt)
+    pretrain:
+      steps: 131072
+      pairs: [cd_flm, cd_mlm, nd_plm, nd_mlm, ed_plm, ed_mlm]
+    adapt: {set: {...}}                # adaptation stages (LM-A, NC-A, continued pretraining)
+    mtf: {steps: 10000, set: {data.objective: mtf, optim.schedule: constant, ...}}
+    eval: {suites: [eai, t0]}
+    cells:
+      - chain: "{pair}@131072"                      # pretraining only, at 168B tokens
+        for: {pair: [cd_flm, nd_plm, ed_plm]}
+      - chain: "{arch}_mlm@30000 > {arch}_{lm}:32768 > {arch}_mtf"   # LM-A then MTF
+        for: {arch: [cd, nd, ed]}
+      - chain: "cd_flm@131072 > nd_mlm:171008+carry > nd_mtf"        # NC-A then MTF
+
+A chain is links joined by ``>``:
+
+``PAIR[@STEP]``      the first link: a pretraining run (``pretrain.pairs``) or a baseline
+                     (``baselines``); ``@STEP`` takes its checkpoint at that step (default: its end).
+``ARCH_OBJ:STEP``    adaptation: continue from the previous checkpoint as ``ARCH`` with objective
+                     ``OBJ`` up to global step ``STEP`` (PAPER.md 1.3); ``+carry`` restores the
+                     optimizer state, else the schedule continues from the branch step.
+``ARCH_mtf``         multitask finetuning for ``mtf.steps`` steps (PAPER.md 1.3, 3.3).
+
+Templates: ``{pair}``, ``{arch}``, ``{obj}`` and ``{lm}`` (the language-modelling objective of
+``{arch}``: ``flm`` for cd, ``plm`` for nd and ed), expanded over the lists in ``for`` (``all``
+means every pretraining pair). A cell evaluates its chain's last checkpoint on ``suites`` (default
+``eval.suites``).
+
+Every mistake is a one-line ``ValueError`` naming the file, the key and the fix, raised before
+anything runs. This module reads YAML only: it imports neither JAX nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import pathlib
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from harness.train import config as config_lib
+from objectives import tasks
+
+ARCHITECTURES = ("cd", "nd", "ed")
+LM_OBJECTIVE = {"cd": "flm", "nd": "plm", "ed": "plm"}  # PAPER.md 1.2, 1.3a
+SUITES = config_lib.EVAL_SUITES
+TOP_KEYS = ("grid", "scale", "runs", "architectures", "base", "pairs", "pretrain", "adapt", "mtf",
+            "eval", "compute", "baselines", "cells")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_TEMPLATE = re.compile(r"\{(\w+)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """One link of a chain (see the module docstring)."""
+
+    kind: str                      # "pretrain", "baseline", "adapt" or "mtf"
+    architecture: Optional[str]    # None for a baseline
+    objective: Optional[str]       # "flm", "plm", "mlm", "mtf"; None for a baseline
+    name: str                      # the pair ("cd_flm"), the baseline, or "nd_mtf"
+    at: Optional[int] = None       # take this link's checkpoint at this global step
+    until: Optional[int] = None    # adapt: the global step it trains to
+    carry: bool = False            # adapt: carry the optimizer state
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One experiment row: a chain of links, evaluated at its end."""
+
+    chain: tuple[Link, ...]
+    suites: tuple[str, ...]
+    source: str                    # the chain text it was expanded from, for messages
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    suites: tuple[str, ...] = SUITES
+    fixtures: bool = False
+    data_dir: Optional[str] = None
+    limit: Optional[int] = None
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """How the plan turns FLOPs into accelerator-hours: ``flops / (mfu * peak)``."""
+
+    accelerator: str = "accelerator"
+    peak_tflops: float = 275.0     # TPUv4, bf16 (the study's chips, PAPER.md 2.1)
+    mfu: float = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """A checked grid file."""
+
+    path: pathlib.Path
+    name: str
+    scale: str
+    runs: str
+    architectures: Mapping[str, Mapping[str, Any]]
+    base: Mapping[str, Any]
+    pretrain_steps: int
+    pairs: Mapping[str, Mapping[str, Any]]      # pretraining run -> its overrides
+    pair_sets: Mapping[str, Mapping[str, Any]]  # arch_obj -> overrides of every stage training it
+    pretrain_set: Mapping[str, Any]
+    adapt_set: Mapping[str, Any]
+    mtf_steps: int
+    mtf_set: Mapping[str, Any]
+    eval: EvalSettings
+    compute: Compute
+    baselines: Mapping[str, Mapping[str, Any]]  # name -> {"path": ..., "vocabulary": ...}
+    cells: tuple[Cell, ...]
+
+
+def load_grid(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> GridSpec:
+    """Reads and checks a grid file; ``overrides`` are ``key.path=value`` edits of its YAML.
+
+    ``--set base.data.source=corpus.txt`` sets ``base: {data.source: corpus.txt}``: the first dot
+    names the top-level key, the rest is the key inside it (a run-config key for ``base`` and the
+    ``set`` mappings, e.g. ``mtf.set.data.source=t0_dir``).
+
+    Raises:
+      ValueError: one line naming the file, the key and the fix.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: grid file does not exist; pass one of experiments/*.yaml")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a readable YAML grid file ({' '.join(str(e).split())})"
+                         ) from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: must hold a mapping with keys {list(TOP_KEYS)}")
+    for entry in overrides:
+        _apply_override(path, document, entry)
+    try:
+        return _parse(path, document)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _apply_override(path: pathlib.Path, document: dict, entry: str) -> None:
+    key, equals, text = str(entry).partition("=")
+    if not equals or "." not in key:
+        raise ValueError(f"{path}: override {entry!r}: expected key=value with a dotted key, e.g. "
+                         "base.data.source=corpus.txt")
+    value = yaml.safe_load(text)
+    top, _, rest = key.partition(".")
+    if top in ("base",):
+        document.setdefault(top, {})[rest] = value
+        return
+    section, _, inner = rest.partition(".")
+    if section == "set" and inner:
+        document.setdefault(top, {}).setdefault("set", {})[inner] = value
+        return
+    node = document.setdefault(top, {})
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
+    unknown = sorted(set(document) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; a grid file has {list(TOP_KEYS)}")
+    for key in ("grid", "pretrain", "cells"):
+        if key not in document:
+            raise ValueError(f"missing key {key!r}; see experiments/README.md for the format")
+    name = document["grid"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"grid={name!r}: a name of lowercase letters, digits and '_'")
+
+    architectures = _mapping(document, "architectures", {a: {} for a in ARCHITECTURES})
+    for arch, values in architectures.items():
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"architectures.{arch}: unknown architecture; use {list(ARCHITECTURES)}")
+        _run_keys(f"architectures.{arch}", values)
+    base = _run_keys("base", _mapping(document, "base", {}))
+
+    pair_sets = _mapping(document, "pairs", {})
+    for pair, values in pair_sets.items():
+        _pair(f"pairs.{pair}", pair)
+        pair_sets[pair] = _run_keys(f"pairs.{pair}", values or {})
+    pretrain = _mapping(document, "pretrain", None)
+    _only(pretrain, "pretrain", ("steps", "pairs", "set"))
+    steps = _count("pretrain.steps", pretrain.get("steps"))
+    runs = pretrain.get("pairs")
+    if not isinstance(runs, list) or not runs:
+        raise ValueError("pretrain.pairs: list the pretraining runs, e.g. [cd_flm, nd_mlm]")
+    pairs = {}
+    for pair in runs:
+        arch, objective = _pair(f"pretrain.pairs {pair}", pair)
+        if arch not in architectures:
+            raise ValueError(f"pretrain.pairs {pair}: architecture {arch!r} is not in "
+                             "architectures")
+        pairs[pair] = pair_sets.get(pair, {})
+    pretrain_set = _run_keys("pretrain.set", pretrain.get("set") or {})
+
+    adapt = _mapping(document, "adapt", {})
+    _only(adapt, "adapt", ("set",))
+    mtf = _mapping(document, "mtf", {"steps": 10_000})
+    _only(mtf, "mtf", ("steps", "set"))
+
+    eval_doc = _mapping(document, "eval", {})
+    _only(eval_doc, "eval", ("suites", "fixtures", "data_dir", "limit", "batch_size"))
+    settings = EvalSettings(
+        suites=_suites("eval.suites", eval_doc.get("suites", list(SUITES))),
+        fixtures=bool(eval_doc.get("fixtures", False)), data_dir=eval_doc.get("data_dir"),
+        limit=eval_doc.get("limit"), batch_size=_count("eval.batch_size",
+                                                       eval_doc.get("batch_size", 8)))
+    compute_doc = _mapping(document, "compute", {})
+    _only(compute_doc, "compute", ("accelerator", "peak_tflops", "mfu"))
+    compute = Compute(**compute_doc)
+    if not 0 < compute.mfu <= 1 or not compute.peak_tflops > 0:
+        raise ValueError(f"compute: mfu={compute.mfu} must be in (0, 1] and peak_tflops > 0")
+
+    baselines = _mapping(document, "baselines", {})
+    for baseline, values in baselines.items():
+        if not _NAME.match(str(baseline)) or baseline in pairs:
+            raise ValueError(f"baselines.{baseline}: a new lowercase name (not a pair)")
+        if not isinstance(values, dict) or "path" not in values:
+            raise ValueError(f"baselines.{baseline}: give {{path: <Hugging Face T5 checkpoint "
+                             "directory>}}")
+        _only(values, f"baselines.{baseline}", ("path", "vocabulary"))
+
+    cells_doc = document["cells"]
+    if not isinstance(cells_doc, list) or not cells_doc:
+        raise ValueError("cells: a list of {chain: ..., for: ..., suites: ...} entries")
+    cells: list[Cell] = []
+    for index, entry in enumerate(cells_doc):
+        cells.extend(_expand(f"cells[{index}]", entry, pairs, architectures, baselines,
+                             settings.suites))
+    return GridSpec(path=path, name=name, scale=str(document.get("scale", "unstated")),
+                    runs=str(document.get("runs", "runs")), architectures=architectures,
+                    base=base, pretrain_steps=steps, pairs=pairs, pair_sets=pair_sets,
+                    pretrain_set=pretrain_set,
+                    adapt_set=_run_keys("adapt.set", adapt.get("set") or {}),
+                    mtf_steps=_count("mtf.steps", mtf.get("steps", 10_000)),
+                    mtf_set=_run_keys("mtf.set", mtf.get("set") or {}), eval=settings,
+                    compute=compute, baselines=baselines, cells=tuple(cells))
+
+
+def _expand(where: str, entry: Any, pairs: Mapping[str, Any], architectures: Mapping[str, Any],
+            baselines: Mapping[str, Any], default_suites: tuple[str, ...]) -> list[Cell]:
+    if isinstance(entry, str):
+        entry = {"chain": entry}
+    if not isinstance(entry, dict) or "chain" not in entry:
+        raise ValueError(f"{where}: give {{chain: 'cd_flm@131072 > cd_mtf', for: ..., "
+                         "suites: ...}}")
+    _only(entry, where, ("chain", "for", "suites"))
+    suites = _suites(f"{where}.suites", entry.get("suites", list(default_suites)))
+    loops = entry.get("for") or {}
+    if not isinstance(loops, dict):
+        raise ValueError(f"{where}.for: a mapping such as {{arch: [cd, nd, ed]}}")
+    names, values = [], []
+    for variable, items in loops.items():
+        if variable not in ("pair", "arch"):
+            raise ValueError(f"{where}.for.{variable}: loop over 'pair' or 'arch'")
+        if items == "all":
+            items = list(pairs) if variable == "pair" else list(architectures)
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{where}.for.{variable}: a non-empty list (or 'all')")
+        names.append(variable)
+        values.append(items)
+    text = entry["chain"]
+    if not isinstance(text, str):
+        raise ValueError(f"{where}.chain: a string such as 'cd_flm@131072 > cd_mtf'")
+    cells = []
+    for combination in itertools.product(*values) or [()]:
+        variables = dict(zip(names, combination))
+        if "pair" in variables:
+            arch, objective = _pair(f"{where}.for.pair", variables["pair"])
+            variables.setdefault("arch", arch)
+            variables["obj"] = objective
+        if "arch" in variables:
+            if variables["arch"] not in ARCHITECTURES:
+                raise ValueError(f"{where}.for.arch: {variables['arch']!r} is not one of "
+                                 f"{list(ARCHITECTURES)}")
+            variables["lm"] = LM_OBJECTIVE[variables["arch"]]
+
+        def substitute(match: re.Match) -> str:
+            if match.group(1) not in variables:
+                raise ValueError(f"{where}.chain: {{{match.group(1)}}} has no value; add it to "
+                                 "'for' (pair or arch)")
+            return str(variables[match.group(1)])
+
+        chain_text = _TEMPLATE.sub(substitute, text)
+        cells.append(Cell(chain=_chain(f"{where}.chain {chain_text!r}", chain_text, pairs,
+                                       architectures, baselines),
+                          suites=suites, source=chain_text))
+    return cells
+
+
+def _chain(where: str, text: str, pairs: Mapping[str, Any], architectures: Mapping[str, Any],
+           baselines: Mapping[str, Any]) -> tuple[Link, ...]:
+    parts = [part.strip() for part in text.split(">")]
+    if not parts or not all(parts):
+        raise ValueError(f"{where}: links joined by '>', e.g. 'cd_flm@131072 > nd_mtf'")
+    first, _, at = parts[0].partition("@")
+    links: list[Link] = []
+    if first in baselines:
+        links.append(Link("baseline", None, None, first, at=None))
+        if at:
+            raise ValueError(f"{where}: a baseline has one checkpoint; drop '@{at}'")
+    elif first in pairs:
+        arch, objective = _pair(where, first)
+        links.append(Link("pretrain", arch, objective, first, at=_step(where, at) if at else None))
+    else:
+        raise ValueError(f"{where}: {first!r} is neither a pretraining pair ({list(pairs)}) nor "
+                         f"a baseline ({list(baselines)}); add it to pretrain.pairs")
+    for part in parts[1:]:
+        match = re.fullmatch(r"(\w+?)_(\w+?)(?::(\d+)(\+carry)?)?(?:@(\d+))?", part)
+        if not match:
+            raise ValueError(f"{where}: link {part!r}: expected ARCH_OBJ:STEP (adaptation) or "
+                             "ARCH_mtf (multitask finetuning)")
+        arch, objective, until, carry, at = match.groups()
+        if arch not in architectures:
+            raise ValueError(f"{where}: link {part!r}: architecture {arch!r} is not in "
+                             "architectures")
+        previous = links[-1]
+        if previous.architecture is not None and (arch == "ed") != (previous.architecture == "ed"):
+            raise ValueError(f"{where}: link {part!r}: cannot continue a "
+                             f"{previous.architecture} checkpoint as {arch} (only cd <-> nd share "
+                             "a parameter tree)")
+        if objective == "mtf":
+            if until:
+                raise ValueError(f"{where}: link {part!r}: MTF runs mtf.steps; drop ':{until}'")
+            links.append(Link("mtf", arch, "mtf", part.split("@")[0], at=_step(where, at)
+                              if at else None))
+            continue
+        try:
+            tasks.check_compatible(arch, objective)
+        except ValueError as e:
+            raise ValueError(f"{where}: link {part!r}: {e}") from None
+        if not until:
+            raise ValueError(f"{where}: link {part!r}: an adaptation needs its end step, e.g. "
+                             f"{arch}_{objective}:171008")
+        links.append(Link("adapt", arch, objective, f"{arch}_{objective}", at=_step(where, at)
+                          if at else None, until=int(until), carry=bool(carry)))
+    return tuple(links)
+
+
+# -------------------------------------------------------------------------------------------------
+# Small checks.
+# -------------------------------------------------------------------------------------------------
+
+def _pair(where: str, pair: Any) -> tuple[str, str]:
+    arch, _, objective = str(pair).partition("_")
+    if arch not in ARCHITECTURES or objective not in tasks.OBJECTIVES:
+        raise ValueError(f"{where}: {pair!r} is not an architecture_objective pair such as "
+                         "cd_flm or ed_mlm")
+    try:
+        tasks.check_compatible(arch, objective)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return arch, objective
+
+
+def _mapping(document: Mapping[str, Any], key: str, default: Any) -> dict:
+    value = document.get(key, default)
+    if value is None and default is not None:
+        value = default
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: must be a mapping")
+    return dict(value)
+
+
+def _only(mapping: Mapping[str, Any], where: str, allowed: Sequence[str]) -> None:
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key; {where} has {list(allowed)}")
+
+
+def _run_keys(where: str, values: Any) -> dict[str, Any]:
+    """Dotted run-config keys, each checked against the run config's sections now."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: a mapping of run-config keys such as {{train.steps: 100}}")
+    for key, value in values.items():
+        try:
+            config_lib._set({}, key, value)  # pylint: disable=protected-access
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if key in ("name", "run_dir", "stage.kind", "stage.init_from", "stage.init_step"):
+            raise ValueError(f"{where}: {key} is set by the grid from the chain; remove it")
+    return dict(values)
+
+
+def _count(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}={value!r}: must be a positive integer")
+    return value
+
+
+def _step(where: str, text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{where}: '@{text}' must be a step number")
+    return int(text)
+
+
+def _suites(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or any(s not in SUITES for s in value):
+        raise ValueError(f"{where}={value!r}: a list of suites from {list(SUITES)}")
+    return tuple(value)
