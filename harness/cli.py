@@ -13,6 +13,10 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj train [CONFIG.yaml] [--set key=value ...]  run or resume one training stage
     archobj eval CHECKPOINT --suite {eai,t0} [--tasks ...] [--limit N] [--data-dir DIR]
                                                 zero-shot EAI-Eval / T0-Eval, results in the run dir
+    archobj grid FILE [--only REGEX] [--dry-run] [--retry-failed] [--explain STAGE]
+                                                plan and run a study grid (experiments/*.yaml)
+    archobj cell FILE CELL [--force]            re-run one cell of a grid
+    archobj status FILE                         the grid's status table, from disk
 """
 
 from __future__ import annotations
@@ -230,6 +234,78 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_plan(args: argparse.Namespace):
+    from harness.grid.plan import make_plan
+    from harness.grid.spec import load_grid
+
+    return make_plan(load_grid(args.file, args.set or ()), runs=args.runs)
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from harness.grid import runner, show
+
+    plan = _grid_plan(args)
+    if args.explain:
+        print(show.explain(plan, args.explain))
+        return 0
+    names = runner.select(plan, args.only)
+    print(show.format_plan(plan, names, runner.statuses(plan, names)), flush=True)
+    comparison = show.paper_comparison(plan)
+    if comparison:
+        print(comparison)
+    if args.dry_run:
+        return 0
+    summary = runner.run_plan(plan, args.only, retry_failed=args.retry_failed,
+                              report=lambda line: print(line, flush=True))
+    return _finish(plan, summary)
+
+
+def _cmd_cell(args: argparse.Namespace) -> int:
+    from harness.grid import runner, show
+
+    plan = _grid_plan(args)
+    if args.cell not in plan.cells:
+        raise ValueError(f"cell {args.cell!r}: not a cell of {args.file}; archobj status "
+                         f"{args.file} lists them (e.g. {list(plan.cells)[:3]})")
+    import re
+
+    only = f"^{re.escape(args.cell)}$"
+    names = runner.select(plan, only)
+    print(show.format_plan(plan, names, runner.statuses(plan, names)), flush=True)
+    force = [n for n in plan.cells[args.cell] if plan.stages[n].kind != "import"] \
+        if args.force else []
+    # --force re-runs the cell's own stages; its shared upstream (a pretraining run other cells
+    # use) is re-run only if it is missing or changed.
+    force = [n for n in force if set(plan.stages[n].cells) == {args.cell}]
+    summary = runner.run_plan(plan, only, retry_failed=True, force=force,
+                              report=lambda line: print(line, flush=True))
+    return _finish(plan, summary)
+
+
+def _finish(plan, summary) -> int:
+    print(f"{plan.grid.name}: ran {len(summary.ran)}, failed {len(summary.failed)}, "
+          f"dep-failed {len(summary.dep_failed)}, running elsewhere {len(summary.busy)}; "
+          f"index in {plan.root / 'index.md'}")
+    return 0 if summary.ok else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.grid import runner, show
+
+    plan = _grid_plan(args)
+    names = list(plan.stages)
+    print(show.format_plan(plan, names, runner.statuses(plan, names)))
+    return 0
+
+
+def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="a grid file, e.g. experiments/tiny.yaml")
+    parser.add_argument("--runs", help="runs root (default: the grid file's 'runs', usually runs/)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="edit the grid file, e.g. --set base.data.source=corpus.txt "
+                             "(repeatable)")
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="a local text file, directory of .txt/.jsonl, or .jsonl file; "
@@ -393,6 +469,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--verbose", action="store_true",
                             help="show lm-eval's own warnings and notices")
     evaluation.set_defaults(handler=_cmd_eval)
+
+    grid = commands.add_parser(
+        "grid", help="plan and run a study grid: missing stages in dependency order, each once")
+    _add_grid_arguments(grid)
+    grid.add_argument("--only", metavar="REGEX",
+                      help="only the cells matching REGEX, plus the stages they need")
+    grid.add_argument("--dry-run", action="store_true",
+                      help="print the plan with tokens, FLOPs and accelerator-hours; run nothing")
+    grid.add_argument("--retry-failed", action="store_true", help="run failed stages again")
+    grid.add_argument("--explain", metavar="STAGE",
+                      help="why STAGE is pending: the fields that changed, old and new value")
+    grid.set_defaults(handler=_cmd_grid)
+    cell = commands.add_parser(
+        "cell", help="re-run one cell; upstream stages only if they are missing or changed")
+    _add_grid_arguments(cell)
+    cell.add_argument("cell", help="the cell's name (archobj status FILE lists them)")
+    cell.add_argument("--force", action="store_true",
+                      help="run the cell's own stages again even if done (the old run is kept)")
+    cell.set_defaults(handler=_cmd_cell)
+    status = commands.add_parser(
+        "status", help="the grid's table from disk: done / running / pending / failed (no JAX)")
+    _add_grid_arguments(status)
+    status.set_defaults(handler=_cmd_status)
     stage.set_defaults(handler=_cmd_train)
     return parser
 

@@ -157,3 +157,14 @@ def test_planning_imports_no_jax():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_paper_dry_run_prints_the_plan_with_compute_and_writes_nothing(tmp_path, capsys):
+    from harness import cli
+
+    assert cli.main(["grid", str(PAPER), "--dry-run", "--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "paper (the study's" in out and "35 cells, 98 stages" in out
+    assert "TPUv4 chip-hours at 40% MFU" in out and "832,896" in out
+    assert "cd_flm_131072-nd_mlm_171008-nd_mtf_181008" in out
+    assert not (tmp_path / "runs").exists()

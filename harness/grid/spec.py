@@ -88,7 +88,10 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
+    """How every evaluation stage runs (``archobj eval``'s options)."""
+
     suites: tuple[str, ...] = SUITES
+    tasks: Optional[tuple[str, ...]] = None   # a subset of the suites' tasks (smoke grids)
     fixtures: bool = False
     data_dir: Optional[str] = None
     limit: Optional[int] = None
@@ -219,9 +222,13 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
     _only(mtf, "mtf", ("steps", "set"))
 
     eval_doc = _mapping(document, "eval", {})
-    _only(eval_doc, "eval", ("suites", "fixtures", "data_dir", "limit", "batch_size"))
+    _only(eval_doc, "eval", ("suites", "tasks", "fixtures", "data_dir", "limit", "batch_size"))
+    tasks_value = eval_doc.get("tasks")
+    if tasks_value is not None and (not isinstance(tasks_value, list) or not tasks_value):
+        raise ValueError(f"eval.tasks={tasks_value!r}: a list of task names, or leave it out")
     settings = EvalSettings(
         suites=_suites("eval.suites", eval_doc.get("suites", list(SUITES))),
+        tasks=None if tasks_value is None else tuple(str(t) for t in tasks_value),
         fixtures=bool(eval_doc.get("fixtures", False)), data_dir=eval_doc.get("data_dir"),
         limit=eval_doc.get("limit"), batch_size=_count("eval.batch_size",
                                                        eval_doc.get("batch_size", 8)))

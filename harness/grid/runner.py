@@ -1,0 +1,196 @@
+"""Running a plan on this machine: what is missing, in dependency order, each stage once.
+
+    plan  = make_plan(load_grid("experiments/tiny.yaml"))
+    table = status_table(plan)                 # from disk only: done / pending / running / ...
+    run_plan(plan, only="cd_flm_64$")          # runs the matching cells and what they need
+
+Status lives on disk (``harness/grid/state.py``): each stage directory holds an append-only event
+file and a lock. A stage is run only by the process that holds its lock, so two runners on one
+run directory never train the same stage at once; one whose runner died (lock free, last event
+"started") is interrupted and resumes from its newest checkpoint (``harness/train/loop.py``'s exact
+resume). A failing stage records its error, its dependents are dep-failed, and independent stages
+go on; a failed stage is retried only with ``retry_failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import time
+from typing import Callable, Iterable, Optional
+
+from harness.grid import state
+from harness.grid.plan import Plan, Stage, identity_record
+
+STATES = ("done", "running", "pending", "interrupted", "failed", "dep-failed")
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What ``run_plan`` did."""
+
+    ran: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    dep_failed: list[str] = dataclasses.field(default_factory=list)
+    busy: list[str] = dataclasses.field(default_factory=list)   # running elsewhere
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.dep_failed or self.busy)
+
+
+def select(plan: Plan, only: Optional[str] = None) -> list[str]:
+    """The stages of the cells whose names match ``only`` (a regex; all cells if None), with
+    everything they need, in plan order.
+
+    Raises:
+      ValueError: a bad regex, or one that matches no cell.
+    """
+    if only is None:
+        wanted = set(plan.stages)
+    else:
+        try:
+            pattern = re.compile(only)
+        except re.error as e:
+            raise ValueError(f"--only {only!r}: not a regular expression ({e})") from None
+        cells = [cell for cell in plan.cells if pattern.search(cell)]
+        if not cells:
+            raise ValueError(f"--only {only!r}: matches no cell of {plan.grid.path}; cells are "
+                             f"e.g. {list(plan.cells)[:3]} (archobj status lists them)")
+        wanted = {name for cell in cells for name in plan.cells[cell]}
+        wanted |= {up for name in list(wanted) for up in plan.upstream_of(name)}
+    return [name for name in plan.stages if name in wanted]
+
+
+def statuses(plan: Plan, names: Optional[Iterable[str]] = None) -> dict[str, str]:
+    """Each stage's state, read from disk, with dep-failed derived from the DAG."""
+    names = list(plan.stages if names is None else names)
+    raw = {name: state.stage_status(plan.stages[name].directory).state for name in names}
+    upstream = {name: [plan.stages[name].upstream] if plan.stages[name].upstream in raw else []
+                for name in names}
+    return state.derive(raw, upstream)
+
+
+def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = False,
+             force: Iterable[str] = (), report: Callable[[str], None] = print) -> RunSummary:
+    """Runs every selected stage that is not done, upstream first; see the module docstring.
+
+    Args:
+      plan: the plan.
+      only: a regex on cell names (``select``).
+      retry_failed: run failed stages again (never done silently).
+      force: stages to run again although they are done: their directory is moved aside
+        (``<dir>.replaced-<time>``, never deleted) and the stage runs afresh.
+      report: receives one line per stage started or finished.
+    """
+    names = select(plan, only)
+    summary = RunSummary()
+    plan.root.mkdir(parents=True, exist_ok=True)
+    for name in force:
+        directory = plan.stages[name].directory
+        if directory.exists():
+            aside = directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+            directory.rename(aside)
+            report(f"{name}: moved the previous run aside to {aside.name}")
+    todo = [n for n, s in statuses(plan, names).items() if s != "done"]
+    total, started = len(todo), time.perf_counter()
+    for index, name in enumerate(todo, 1):
+        stage = plan.stages[name]
+        current = statuses(plan, [*plan.upstream_of(name), name])
+        if stage.upstream is not None and current[stage.upstream] != "done":
+            summary.dep_failed.append(name)
+            report(f"[{index}/{total}] {name}: skipped, upstream {stage.upstream} is "
+                   f"{current[stage.upstream]}")
+            continue
+        if current[name] == "failed" and not retry_failed:
+            summary.failed.append(name)
+            report(f"[{index}/{total}] {name}: failed before; not retried without --retry-failed "
+                   f"({state.stage_status(stage.directory).error})")
+            continue
+        try:
+            lock = state.StageLock(stage.directory)
+            lock.__enter__()
+        except state.StageBusy as e:
+            summary.busy.append(name)
+            report(f"[{index}/{total}] {name}: {e}")
+            continue
+        try:
+            # Decided again under the lock: another runner may have finished it meanwhile.
+            now = state.stage_status(stage.directory).state
+            if now == "done" or (now == "failed" and not retry_failed):
+                report(f"[{index}/{total}] {name}: {now} (by another runner)")
+                continue
+            report(f"[{index}/{total}] {name}: {_describe(stage)} ...")
+            state.write_provenance(stage.directory, {
+                "identity": stage.identity, "identity_record": identity_record(plan, name)})
+            state.mark_started(stage.directory)
+            stage_start = time.perf_counter()
+            try:
+                execute(plan, stage)
+            except Exception as error:  # pylint: disable=broad-exception-caught
+                state.mark_failed(stage.directory, error)
+                summary.failed.append(name)
+                report(f"[{index}/{total}] {name}: FAILED: {' '.join(str(error).split())[:300]} "
+                       f"(traceback in {stage.directory / 'error.txt'})")
+                continue
+            state.mark_finished(stage.directory)
+            state.point(plan.root, name, stage.directory.name)
+            summary.ran.append(name)
+            report(f"[{index}/{total}] {name}: done in {time.perf_counter() - stage_start:.0f} s "
+                   f"({time.perf_counter() - started:.0f} s so far)")
+        finally:
+            lock.__exit__(None, None, None)
+            write_index(plan)
+    summary.dep_failed.extend(n for n, s in statuses(plan, names).items()
+                              if s == "dep-failed" and n not in summary.dep_failed)
+    return summary
+
+
+def execute(plan: Plan, stage: Stage) -> None:
+    """Runs one stage in this process (its lock is held by the caller)."""
+    if stage.kind == "train":
+        from harness.train.loop import run  # JAX: only when something trains
+
+        run(stage.config, progress=False)
+    elif stage.kind == "import":
+        from harness.storage.convert import convert_hf_t5
+
+        convert_hf_t5(stage.source, stage.directory)
+        if stage.vocabulary:
+            from harness.storage import checkpoint
+
+            checkpoint.update_config(stage.directory, {checkpoint.VOCABULARY_KEY: stage.vocabulary})
+    else:
+        from harness.eval.evaluate import evaluate_checkpoint
+
+        upstream = plan.stages[stage.upstream]
+        settings = plan.grid.eval
+        results = stage.directory / "results"
+        if results.exists():  # an interrupted evaluation starts over; its results were partial
+            shutil.rmtree(results)
+        evaluate_checkpoint(upstream.directory, [stage.suite], step=stage.upstream_step,
+                            tasks=settings.tasks, limit=settings.limit,
+                            data_dir=settings.data_dir, fixtures=settings.fixtures,
+                            batch_size=settings.batch_size, out_dir=results,
+                            report=lambda line: None)
+
+
+def write_index(plan: Plan) -> None:
+    """``<runs>/<grid>/index.md`` and ``index.json``: every stage, its status and directory."""
+    current = statuses(plan)
+    rows = [{"stage": name, "kind": stage.kind, "status": current[name],
+             "directory": stage.directory.name, "identity": stage.identity[:12],
+             "cells": ", ".join(stage.cells)}
+            for name, stage in plan.stages.items()]
+    state.write_index(plan.root, rows)
+
+
+def _describe(stage: Stage) -> str:
+    if stage.kind == "train":
+        config = stage.config
+        return (f"{config.stage.kind} {config.model.architecture}:{config.data.objective}, "
+                f"{stage.steps} steps")
+    if stage.kind == "eval":
+        return f"{stage.suite} on {stage.upstream} step {stage.upstream_step}"
+    return f"convert {stage.source}"
