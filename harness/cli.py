@@ -248,6 +248,14 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     if args.explain:
         print(show.explain(plan, args.explain))
         return 0
+    if args.stage:  # one stage, as a cluster job runs it
+        if args.stage not in plan.stages:
+            raise ValueError(f"--stage {args.stage!r}: not a stage of {args.file}; archobj status "
+                             f"{args.file} lists them")
+        outcome = runner.run_stage(plan, args.stage, retry_failed=args.retry_failed,
+                                   report=lambda line: print(line, flush=True))
+        runner.write_index(plan)
+        return 0 if outcome in ("ran", "skipped") else 1
     names = runner.select(plan, args.only)
     print(show.format_plan(plan, names, runner.statuses(plan, names)), flush=True)
     comparison = show.paper_comparison(plan)
@@ -478,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--dry-run", action="store_true",
                       help="print the plan with tokens, FLOPs and accelerator-hours; run nothing")
     grid.add_argument("--retry-failed", action="store_true", help="run failed stages again")
+    grid.add_argument("--stage", metavar="STAGE",
+                      help="run this one stage (its upstream must be done), as a cluster job does")
     grid.add_argument("--explain", metavar="STAGE",
                       help="why STAGE is pending: the fields that changed, old and new value")
     grid.set_defaults(handler=_cmd_grid)
@@ -504,6 +514,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:  # bad input: one clear line, no traceback
         print(f"archobj: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        from harness.train.run_record import PREEMPTED_EXIT_STATUS, Preempted
+
+        if not isinstance(error, Preempted):
+            raise
+        # A stage saved and stopped on SIGTERM / SIGUSR2: running it again resumes it.
+        print(f"archobj: {error}", file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch):
 def test_sigkilled_run_resumes_with_identical_losses_and_logs_each_step_once(corpus, tmp_path,
                                                                             uninterrupted):
     """A real ``archobj train`` process is killed with SIGKILL after it has logged steps past its
-    newest checkpoint; the restarted process drops those records, trains the steps again, and
+    newest checkpoint; the restarted stage drops those records, trains the steps again, and
     finishes with every step logged exactly once (metrics.jsonl and TensorBoard), with losses
     bitwise equal to an uninterrupted run's."""
     import os
@@ -209,8 +209,8 @@ def test_sigkilled_run_resumes_with_identical_losses_and_logs_each_step_once(cor
     newest = max(run_record.committed_steps(run_dir), default=0)
     assert max(before) > newest, (before, newest)  # logged beyond the last checkpoint
 
-    restarted = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    # The restart (in this process: the same config, so the run directory accepts it).
+    run(_config(corpus, run_dir, "checkpoint.every=4", f"train.steps={steps}"), progress=False)
     records = run_record.read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, steps + 1))
     # The uninterrupted reference ran 6 steps; the schedule does not depend on train.steps.
@@ -291,3 +291,43 @@ def test_a_training_run_is_evaluated_with_its_own_vocabulary(uninterrupted):
     assert lm.vocabulary == "byte"
     (score, _), = lm.score_tokens([(lm.tok_encode("a model"), lm.tok_encode(" reads"))])
     assert score < 0
+
+
+def test_a_signal_saves_where_the_stage_is_and_the_restart_resumes_there(corpus, tmp_path,
+                                                                         uninterrupted):
+    """SLURM's SIGUSR2 (or a plain SIGTERM) before preemption: the stage saves the step it reached,
+    off the checkpoint.every grid, exits with status 75, and a restart resumes there exactly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.train import run_record as record
+
+    run_dir = tmp_path / "stopped"
+    overrides = [f"--set={o}" for o in (
+        "name=tiny_run", f"run_dir={run_dir}", "model.preset=tiny", "model.architecture=cd",
+        "model.dtype=float32", "data.objective=flm", f"data.source={corpus}",
+        "data.vocabulary=byte", "data.total_length=32", "train.batch_size=8",
+        "train.log_every=1", "checkpoint.every=1000", "train.steps=100000")]
+    command = [sys.executable, "-m", "harness.cli", "train", *overrides]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 300
+    while len(record.read_metrics(run_dir)) < 3 and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGUSR2)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == record.PREEMPTED_EXIT_STATUS, stderr[-2000:]
+    assert "stopped by SIGUSR2 after saving step" in stderr.strip().splitlines()[-1]
+    (step,) = record.committed_steps(run_dir)
+    assert step >= 3 and [r["step"] for r in record.read_metrics(run_dir)] == list(
+        range(1, step + 1))
+
+    # Resume (train.steps may change on resume) and compare with the uninterrupted run.
+    resumed = run(_config(corpus, run_dir, f"train.steps={max(step, STEPS) + 1}",
+                          "checkpoint.every=1000"), progress=False)
+    assert resumed.first_step == step
+    losses = [r["loss"] for r in record.read_metrics(run_dir)]
+    assert losses[:STEPS] == uninterrupted[0].losses

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional
 
 from harness.grid import state
 from harness.grid.plan import Plan, Stage, identity_record
+from harness.train.run_record import Preempted
 
 STATES = ("done", "running", "pending", "interrupted", "failed", "dep-failed")
 
@@ -94,57 +95,74 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
             directory.rename(aside)
             report(f"{name}: moved the previous run aside to {aside.name}")
     todo = [n for n, s in statuses(plan, names).items() if s != "done"]
-    total, started = len(todo), time.perf_counter()
+    started = time.perf_counter()
     for index, name in enumerate(todo, 1):
-        stage = plan.stages[name]
-        current = statuses(plan, [*plan.upstream_of(name), name])
-        if stage.upstream is not None and current[stage.upstream] != "done":
-            summary.dep_failed.append(name)
-            report(f"[{index}/{total}] {name}: skipped, upstream {stage.upstream} is "
-                   f"{current[stage.upstream]}")
-            continue
-        if current[name] == "failed" and not retry_failed:
-            summary.failed.append(name)
-            report(f"[{index}/{total}] {name}: failed before; not retried without --retry-failed "
-                   f"({state.stage_status(stage.directory).error})")
-            continue
-        try:
-            lock = state.StageLock(stage.directory)
-            lock.__enter__()
-        except state.StageBusy as e:
-            summary.busy.append(name)
-            report(f"[{index}/{total}] {name}: {e}")
-            continue
-        try:
-            # Decided again under the lock: another runner may have finished it meanwhile.
-            now = state.stage_status(stage.directory).state
-            if now == "done" or (now == "failed" and not retry_failed):
-                report(f"[{index}/{total}] {name}: {now} (by another runner)")
-                continue
-            report(f"[{index}/{total}] {name}: {_describe(stage)} ...")
-            state.write_provenance(stage.directory, {
-                "identity": stage.identity, "identity_record": identity_record(plan, name)})
-            state.mark_started(stage.directory)
-            stage_start = time.perf_counter()
-            try:
-                execute(plan, stage)
-            except Exception as error:  # pylint: disable=broad-exception-caught
-                state.mark_failed(stage.directory, error)
-                summary.failed.append(name)
-                report(f"[{index}/{total}] {name}: FAILED: {' '.join(str(error).split())[:300]} "
-                       f"(traceback in {stage.directory / 'error.txt'})")
-                continue
-            state.mark_finished(stage.directory)
-            state.point(plan.root, name, stage.directory.name)
-            summary.ran.append(name)
-            report(f"[{index}/{total}] {name}: done in {time.perf_counter() - stage_start:.0f} s "
-                   f"({time.perf_counter() - started:.0f} s so far)")
-        finally:
-            lock.__exit__(None, None, None)
-            write_index(plan)
+        outcome = run_stage(plan, name, retry_failed=retry_failed,
+                            report=lambda line, i=index: report(f"[{i}/{len(todo)}] {line}"))
+        if outcome != "skipped":
+            getattr(summary, outcome.replace("-", "_")).append(name)
+        write_index(plan)
+    report(f"{plan.grid.name}: {len(todo)} stages considered in {time.perf_counter() - started:.0f} s")
     summary.dep_failed.extend(n for n, s in statuses(plan, names).items()
                               if s == "dep-failed" and n not in summary.dep_failed)
     return summary
+
+
+def run_stage(plan: Plan, name: str, *, retry_failed: bool = False,
+              report: Callable[[str], None] = print) -> str:
+    """Runs one stage under its lock, if its upstream is done and it is not.
+
+    What a cluster job runs (``archobj grid FILE --stage NAME``); ``run_plan`` calls it for each
+    stage in turn.
+
+    Returns:
+      "ran", "failed" (now, or before and not retried), "dep-failed" (an upstream stage is not
+      done), "busy" (another runner holds it) or "skipped" (done, possibly by another runner).
+    """
+    stage = plan.stages[name]
+    current = statuses(plan, [*plan.upstream_of(name), name])
+    if current[name] == "done":
+        return "skipped"
+    if stage.upstream is not None and current[stage.upstream] != "done":
+        report(f"{name}: skipped, upstream {stage.upstream} is {current[stage.upstream]}")
+        return "dep-failed"
+    if current[name] == "failed" and not retry_failed:
+        report(f"{name}: failed before; not retried without --retry-failed "
+               f"({state.stage_status(stage.directory).error})")
+        return "failed"
+    try:
+        lock = state.StageLock(stage.directory).acquire()
+    except state.StageBusy as e:
+        report(f"{name}: {e}")
+        return "busy"
+    try:
+        # Decided again under the lock: another runner may have finished it meanwhile.
+        now = state.stage_status(stage.directory).state
+        if now == "done":
+            return "skipped"
+        if now == "failed" and not retry_failed:
+            return "failed"
+        report(f"{name}: {_describe(stage)} ...")
+        state.write_provenance(stage.directory, {
+            "identity": stage.identity, "identity_record": identity_record(plan, name)})
+        state.mark_started(stage.directory)
+        start = time.perf_counter()
+        try:
+            execute(plan, stage)
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            if isinstance(error, Preempted):  # saved where it stopped; the next run resumes
+                state.append_event(stage.directory, "interrupted", reason=str(error))
+                raise
+            state.mark_failed(stage.directory, error)
+            report(f"{name}: FAILED: {' '.join(str(error).split())[:300]} "
+                   f"(traceback in {stage.directory / 'error.txt'})")
+            return "failed"
+        state.mark_finished(stage.directory)
+        state.point(plan.root, name, stage.directory.name)
+        report(f"{name}: done in {time.perf_counter() - start:.0f} s")
+        return "ran"
+    finally:
+        lock.release()
 
 
 def execute(plan: Plan, stage: Stage) -> None:

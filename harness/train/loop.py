@@ -24,11 +24,14 @@ files it names and the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any, Iterator, Mapping, Optional
 
@@ -55,6 +58,12 @@ METRICS_FILE = run_record.METRICS_FILE
 
 class NonFiniteError(RuntimeError):
     """The loss or gradient became NaN or infinite; the bad update was not applied or saved."""
+
+
+# Signals that ask a stage to stop soon: SLURM sends SIGUSR2 before a time limit or preemption
+# (sbatch --signal) and SIGTERM before it kills; `kill PID` sends SIGTERM. Ctrl-C (SIGINT) still
+# stops at once. The stage saves where it is and raises run_record.Preempted.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +230,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
     param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
     abstract_params = nn.meta.unbox(abstract)["params"]
 
-    with sharding.mesh_context(mesh):
+    with sharding.mesh_context(mesh), contextlib.ExitStack() as stack:
         shardings = state_shardings(param_shardings, optimizer, abstract_params, mesh)
         checkpointer = TrainCheckpointer(
             run_dir, every=config.checkpoint.every, keep=config.checkpoint.keep,
@@ -286,6 +295,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
         bar = _progress_bar(start, train.steps, progress)
         flops_per_step = config_lib.flops_per_row(config) * train.batch_size
         batches = _batches(config, start)
+        stop = stack.enter_context(_stop_on_signals())
         pending: Optional[tuple[int, Any, int]] = None  # (step, metrics, tokens seen), one step late
         window_start, window_tokens = time.perf_counter(), 0
 
@@ -316,6 +326,19 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
 
         try:
             for step in range(start, train.steps):
+                if _stop_requested(stop):
+                    # Save where we are (off the checkpoint.every grid) and leave: the restarted
+                    # stage resumes from exactly this step.
+                    if pending is not None:
+                        finish(*pending)
+                        pending = None
+                    if step > start:
+                        checkpointer.save(step, state.params, state.opt_state,
+                                          {"rng": rng, "tokens_seen": tokens_seen,
+                                           "tokens_trained": tokens_trained,
+                                           "state_step": int(state.step)}, force=True)
+                    checkpointer.wait()
+                    raise run_record.Preempted(run_dir, step, stop[0])
                 batch = next(batches)
                 seen = sum(int(np.count_nonzero(batch[k])) for k in
                            ("decoder_target_tokens", "encoder_input_tokens") if k in batch)
@@ -343,6 +366,32 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             bar.close()
     return StageResult(run_dir=run_dir, first_step=start, last_step=train.steps, losses=losses,
                        skipped_checkpoints=skipped)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """While active, ``STOP_SIGNALS`` are recorded in the yielded list instead of killing us."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals need the main thread
+        yield requested
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda number, frame: requested.append(number))
+    try:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_requested(requested: list[int]) -> bool:
+    """Whether to stop now; on several hosts, every host stops at the same step."""
+    if jax.process_count() == 1:
+        return bool(requested)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(requested)))))
 
 
 class _progress_bar:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import time
 from typing import Any, Mapping, Optional
 
@@ -55,6 +56,20 @@ RESUMABLE: Mapping[str, str] = {
     "eval.every": "evaluation during the stage does not change training",
     "eval.suites": "evaluation during the stage does not change training",
 }
+# The exit status of a stage stopped by a signal after saving (EX_TEMPFAIL): run it again.
+PREEMPTED_EXIT_STATUS = 75
+
+
+class Preempted(RuntimeError):
+    """A stage stopped on a signal (``harness.train.loop.STOP_SIGNALS``) after saving a checkpoint
+    of the step it reached; running it again resumes exactly there."""
+
+    def __init__(self, run_dir: os.PathLike | str, step: int, signum: int) -> None:
+        super().__init__(f"{run_dir}: stopped by {signal.Signals(signum).name} after saving step "
+                         f"{step}; run the stage again to resume from it")
+        self.step = step
+
+
 # Resumable fields that a schedule reads: with it, they are part of what is trained.
 _SCHEDULE_FIELDS = {"cosine": ("train.steps",)}
 
