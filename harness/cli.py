@@ -14,6 +14,7 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj eval CHECKPOINT --suite {eai,t0} [--tasks ...] [--limit N] [--data-dir DIR]
                                                 zero-shot EAI-Eval / T0-Eval, results in the run dir
     archobj grid FILE [--only REGEX] [--dry-run] [--retry-failed] [--explain STAGE]
+                 [--executor {local,slurm}] [--stage STAGE]
                                                 plan and run a study grid (experiments/*.yaml)
     archobj cell FILE CELL [--force]            re-run one cell of a grid
     archobj status FILE                         the grid's status table, from disk
@@ -210,17 +211,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _quiet_evaluation() -> None:
+    """lm-eval's per-task notices about default aggregations, scikit-learn's F1 on tiny samples and
+    promptsource's pkg_resources import are noise around the summary tables."""
     import logging
     import warnings
 
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(ill-defined|pkg_resources).*")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
     from harness.eval.evaluate import evaluate_checkpoint
 
     if not args.verbose:
-        # lm-eval's per-task notices about default aggregations, scikit-learn's F1 on tiny samples
-        # and promptsource's pkg_resources import are noise around the summary tables.
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", message=".*(ill-defined|pkg_resources).*")
+        _quiet_evaluation()
 
     tasks = None
     if args.tasks:
@@ -238,6 +243,7 @@ def _grid_plan(args: argparse.Namespace):
     from harness.grid.plan import make_plan
     from harness.grid.spec import load_grid
 
+    _quiet_evaluation()  # the stages' progress is the runner's lines, not lm-eval's notices
     return make_plan(load_grid(args.file, args.set or ()), runs=args.runs)
 
 
@@ -252,16 +258,35 @@ def _cmd_grid(args: argparse.Namespace) -> int:
         if args.stage not in plan.stages:
             raise ValueError(f"--stage {args.stage!r}: not a stage of {args.file}; archobj status "
                              f"{args.file} lists them")
+        # A multi-node job joins one JAX job (srun tasks, TPU workers), as archobj train does.
+        from harness.train.distributed import initialize_if_multiprocess, launch_plan
+
+        initialize_if_multiprocess(launch_plan())
+        import jax
+
+        primary = jax.process_index() == 0
         outcome = runner.run_stage(plan, args.stage, retry_failed=args.retry_failed,
-                                   report=lambda line: print(line, flush=True))
-        runner.write_index(plan)
+                                   primary=primary, report=lambda line: print(line, flush=True))
+        if primary:
+            runner.write_index(plan)
         return 0 if outcome in ("ran", "skipped") else 1
+    from harness.grid import slurm
+
+    slurm.reconcile(plan, report=lambda line: print(line, flush=True))  # jobs that died
     names = runner.select(plan, args.only)
     print(show.format_plan(plan, names, runner.statuses(plan, names)), flush=True)
     comparison = show.paper_comparison(plan)
     if comparison:
         print(comparison)
     if args.dry_run:
+        return 0
+    if args.executor == "slurm":  # one job per stage, chained by dependencies; nothing waits here
+        jobs = slurm.submit(plan, names, grid_file=args.file, runs=args.runs,
+                            overrides=args.set or (), retry_failed=args.retry_failed,
+                            report=lambda line: print(line, flush=True))
+        print(f"{plan.grid.name}: submitted {len(jobs)} jobs"
+              + (f" ({', '.join(jobs.values())})" if jobs else "")
+              + f"; archobj status {args.file} follows them")
         return 0
     summary = runner.run_plan(plan, args.only, retry_failed=args.retry_failed,
                               report=lambda line: print(line, flush=True))
@@ -300,7 +325,10 @@ def _finish(plan, summary) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from harness.grid import runner, show
 
+    from harness.grid import slurm
+
     plan = _grid_plan(args)
+    slurm.reconcile(plan)  # records SLURM jobs that died; nothing to do without job ids
     names = list(plan.stages)
     print(show.format_plan(plan, names, runner.statuses(plan, names)))
     return 0
@@ -488,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--retry-failed", action="store_true", help="run failed stages again")
     grid.add_argument("--stage", metavar="STAGE",
                       help="run this one stage (its upstream must be done), as a cluster job does")
+    grid.add_argument("--executor", choices=("local", "slurm"), default="local",
+                      help="local: run the stages here, one after another (default); slurm: "
+                           "submit one job per stage with dependencies, using the grid file's "
+                           "slurm: resources, and exit")
     grid.add_argument("--explain", metavar="STAGE",
                       help="why STAGE is pending: the fields that changed, old and new value")
     grid.set_defaults(handler=_cmd_grid)

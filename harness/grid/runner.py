@@ -108,12 +108,14 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
     return summary
 
 
-def run_stage(plan: Plan, name: str, *, retry_failed: bool = False,
+def run_stage(plan: Plan, name: str, *, retry_failed: bool = False, primary: bool = True,
               report: Callable[[str], None] = print) -> str:
     """Runs one stage under its lock, if its upstream is done and it is not.
 
     What a cluster job runs (``archobj grid FILE --stage NAME``); ``run_plan`` calls it for each
-    stage in turn.
+    stage in turn. In a job of several processes every process runs the stage (its steps are
+    collective), and only the ``primary`` one (JAX process 0) takes the lock and writes events;
+    the others make the same read-only decision from the shared run directory.
 
     Returns:
       "ran", "failed" (now, or before and not retried), "dep-failed" (an upstream stage is not
@@ -130,6 +132,9 @@ def run_stage(plan: Plan, name: str, *, retry_failed: bool = False,
         report(f"{name}: failed before; not retried without --retry-failed "
                f"({state.stage_status(stage.directory).error})")
         return "failed"
+    if not primary:
+        execute(plan, stage)
+        return "ran"
     try:
         lock = state.StageLock(stage.directory).acquire()
     except state.StageBusy as e:

@@ -33,8 +33,9 @@ def format_plan(plan: Plan, names: Sequence[str], status: Mapping[str, str]) -> 
                    f"{'':7s} {'':9s} {'':9s} {'':9s}")
         lines.append(f"{name[:58]:58s} {status[name]:11s} {stage.kind:6s} {numbers}")
     hours = totals["flops"] / per_hour
+    shown = f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
     lines.append(f"total: {_si(totals['tokens'])} tokens seen, {totals['flops']:.3e} training "
-                 f"FLOPs, {hours:,.0f} {compute.accelerator}-hours at {compute.mfu:.0%} MFU of "
+                 f"FLOPs, {shown} {compute.accelerator}-hours at {compute.mfu:.0%} MFU of "
                  f"{compute.peak_tflops:g} TFLOP/s (training only; evaluation not counted)")
     lines.append("status: " + ", ".join(f"{count} {state}" for state, count in sorted(counts.items())))
     return "\n".join(lines)

@@ -59,7 +59,7 @@ ARCHITECTURES = ("cd", "nd", "ed")
 LM_OBJECTIVE = {"cd": "flm", "nd": "plm", "ed": "plm"}  # PAPER.md 1.2, 1.3a
 SUITES = config_lib.EVAL_SUITES
 TOP_KEYS = ("grid", "scale", "runs", "architectures", "base", "pairs", "pretrain", "adapt", "mtf",
-            "eval", "compute", "baselines", "cells")
+            "eval", "compute", "baselines", "cells", "slurm")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _TEMPLATE = re.compile(r"\{(\w+)\}")
 
@@ -128,6 +128,9 @@ class GridSpec:
     compute: Compute
     baselines: Mapping[str, Mapping[str, Any]]  # name -> {"path": ..., "vocabulary": ...}
     cells: tuple[Cell, ...]
+    # stage kind ("train", "eval", "import") or pretraining pair -> SLURM resources
+    # (harness/grid/slurm.py: RESOURCE_KEYS); empty when the grid file has no ``slurm:``
+    slurm: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def load_grid(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> GridSpec:
@@ -250,6 +253,7 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
     cells_doc = document["cells"]
     if not isinstance(cells_doc, list) or not cells_doc:
         raise ValueError("cells: a list of {chain: ..., for: ..., suites: ...} entries")
+    slurm = _slurm(_mapping(document, "slurm", {}), pairs)
     cells: list[Cell] = []
     for index, entry in enumerate(cells_doc):
         cells.extend(_expand(f"cells[{index}]", entry, pairs, architectures, baselines,
@@ -261,7 +265,7 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
                     adapt_set=_run_keys("adapt.set", adapt.get("set") or {}),
                     mtf_steps=_count("mtf.steps", mtf.get("steps", 10_000)),
                     mtf_set=_run_keys("mtf.set", mtf.get("set") or {}), eval=settings,
-                    compute=compute, baselines=baselines, cells=tuple(cells))
+                    compute=compute, baselines=baselines, cells=tuple(cells), slurm=slurm)
 
 
 def _expand(where: str, entry: Any, pairs: Mapping[str, Any], architectures: Mapping[str, Any],
@@ -393,6 +397,48 @@ def _only(mapping: Mapping[str, Any], where: str, allowed: Sequence[str]) -> Non
     unknown = sorted(set(mapping) - set(allowed))
     if unknown:
         raise ValueError(f"{where}.{unknown[0]}: unknown key; {where} has {list(allowed)}")
+
+
+SLURM_SECTIONS = ("train", "eval", "import")
+# key -> (type, description); harness/grid/slurm.py turns them into sbatch options.
+SLURM_KEYS: Mapping[str, tuple[type, str]] = {
+    "nodes": (int, "nodes per job"),
+    "tasks_per_node": (int, "processes per node (default 1: one JAX process drives its GPUs)"),
+    "gpus_per_node": (int, "GPUs per node"),
+    "cpus_per_task": (int, "CPU cores per process"),
+    "mem_gb": (int, "memory per node in GB"),
+    "timeout_min": (int, "the job's time limit in minutes"),
+    "partition": (str, "the SLURM partition"),
+    "account": (str, "the SLURM account"),
+    "constraint": (str, "node features, e.g. 'h100'"),
+    "qos": (str, "quality of service"),
+    "signal_delay_s": (int, "USR2 this many seconds before the time limit (default 120)"),
+    "max_num_timeout": (int, "how often a stage is requeued after hitting its time limit"),
+    "setup": (list, "shell lines run before srun (module load, source .venv/bin/activate)"),
+    "additional_parameters": (dict, "any other sbatch option, e.g. {exclusive: true}"),
+}
+
+
+def _slurm(document: Mapping[str, Any], pairs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``slurm:`` section: resources per stage kind, or per pretraining pair (its train
+    stages), each a mapping of ``SLURM_KEYS``."""
+    sections: dict[str, dict[str, Any]] = {}
+    for section, values in document.items():
+        if section not in SLURM_SECTIONS and section not in pairs:
+            raise ValueError(f"slurm.{section}: unknown section; use {list(SLURM_SECTIONS)} or a "
+                             f"pretraining pair ({list(pairs)})")
+        if not isinstance(values, dict):
+            raise ValueError(f"slurm.{section}: a mapping such as {{nodes: 1, gpus_per_node: 8}}")
+        _only(values, f"slurm.{section}", tuple(SLURM_KEYS))
+        for key, value in values.items():
+            kind, what = SLURM_KEYS[key]
+            if (not isinstance(value, kind) or isinstance(value, bool)
+                    or (kind is int and value < (0 if key == "signal_delay_s" else 1))):
+                raise ValueError(f"slurm.{section}.{key}={value!r}: must be "
+                                 f"{'a positive integer' if kind is int else 'a ' + kind.__name__}"
+                                 f" ({what})")
+        sections[str(section)] = dict(values)
+    return sections
 
 
 def _run_keys(where: str, values: Any) -> dict[str, Any]:

@@ -318,7 +318,10 @@ class _DropReadOnlyNotices(logging.Filter):
     user and would clutter every CLI command that loads a model.
     """
 
-    _PREFIXES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+    # ... and the notice that a training checkpoint's other items (optimizer state, meta) are not
+    # restored when only the parameters are loaded, which is what load_model asks for.
+    _PREFIXES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True",
+                 'Item "opt_state" was found', 'Item "meta" was found')
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self._PREFIXES)
