@@ -185,6 +185,19 @@ def test_explain_names_the_changed_field(finished, tmp_path, capsys):
     assert "unchanged" in capsys.readouterr().out
 
 
+def test_cell_force_reruns_its_own_stages_and_keeps_the_old_run(finished):
+    """``archobj cell FILE CELL --force``: the cell's own stages run again, the shared pretraining
+    run does not, and the replaced run stays on disk beside the new one."""
+    path, runs, plan = finished
+    old = plan.stages["cd_flm_2.t0"].directory
+    assert cli.main(["cell", str(path), "cd_flm_2", "--runs", str(runs), "--force"]) == 0
+    assert len(_events(plan, "cd_flm", "started")) == 1             # shared: not forced
+    assert len(_events(plan, "cd_flm_2.t0", "started")) == 1        # a fresh directory
+    (aside,) = old.parent.glob(f"{old.name}.replaced-*")
+    assert (aside / "results" / "t0.json").is_file()
+    assert runner.statuses(plan)["cd_flm_2.t0"] == "done"
+
+
 @pytest.mark.slow
 def test_a_runner_killed_mid_grid_completes_without_training_a_stage_twice(tmp_path, inputs):
     """SIGKILL the runner while it trains; re-run: the interrupted stage resumes from its

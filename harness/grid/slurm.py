@@ -51,13 +51,13 @@ import types
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from harness.grid import state
+from harness.train.run_record import PREEMPTED_EXIT_STATUS
 
 if TYPE_CHECKING:
     from harness.grid.plan import Plan
 
 DEFAULT_SIGNAL_DELAY_S = 120
 DEFAULT_MAX_NUM_TIMEOUT = 100
-PREEMPTED_EXIT_STATUS = 75      # harness.train.run_record.PREEMPTED_EXIT_STATUS (not imported: JAX-free)
 FORWARDED_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 SLURM_FOLDER = "slurm"
 # sacct states of a job that will not run its stage again (a requeued job reads PENDING/REQUEUED).
