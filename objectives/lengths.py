@@ -30,6 +30,7 @@ TensorFlow. ``span_corruption_lengths`` is a pure-Python copy of t5's ``random_s
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 # PAPER.md 1.2: tokens seen per sequence, every objective.
@@ -105,6 +106,7 @@ def noise_spans(raw_length: int, noise_density: float = NOISE_DENSITY,
     return _span_counts(raw_length, noise_density, mean_noise_span_length)[1]
 
 
+@functools.lru_cache(maxsize=None)
 def mlm_lengths(total_length: int = TOTAL_LENGTH) -> tuple[int, int]:
     """MLM (inputs, targets): the largest inputs length with ``inputs + targets <= total_length``.
 

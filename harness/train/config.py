@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import pathlib
@@ -177,8 +178,10 @@ def _coerce(key: str, value: Any, field_type: Any) -> Any:
     raise TypeError(f"{key}: unsupported field type {field_type!r}")  # a bug here, not user input
 
 
+@functools.lru_cache(maxsize=None)
 def _field_types(cls: type) -> dict[str, Any]:
-    """``{field name: resolved type}`` of a dataclass (annotations are strings here)."""
+    """``{field name: resolved type}`` of a dataclass (annotations are strings here); cached, so
+    callers must not change the dict they get."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -666,7 +669,7 @@ def _unknown_key_message(key: str, section: Optional[str], valid: Sequence[str])
 def _section_keys(section: str) -> dict[str, Any]:
     """``{key: type}`` of a section."""
     if section == "model":
-        types_by_name = _field_types(ModelConfig)
+        types_by_name = dict(_field_types(ModelConfig))  # a copy: the cached one is shared
         types_by_name["preset"] = str
         return types_by_name
     return _field_types(SECTIONS[section])
