@@ -112,6 +112,9 @@ class StageJob:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self._returncode is None:  # leaving early (a cancel's SIGINT): no orphaned stage
+                self._child.kill()
+                self._child.wait()
         status = self._returncode
         if status == 0:
             return 0
