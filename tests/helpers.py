@@ -56,3 +56,15 @@ def assert_one_line_error(excinfo, *needles: str) -> str:
     for needle in needles:
         assert needle in message, (needle, message)
     return message
+
+
+CORPUS_WORDS = "a model reads text and learns to predict the next words of every document".split()
+
+
+def write_corpus(path, documents: int = 200, seed: int = 0):
+    """A small local corpus (one document of 10-39 words per line) for training tests; returns
+    ``path``. The same seed gives the same bytes, so runs on it can be compared loss for loss."""
+    rng = np.random.default_rng(seed)
+    path.write_text("\n".join(" ".join(rng.choice(CORPUS_WORDS, size=rng.integers(10, 40)))
+                              for _ in range(documents)) + "\n")
+    return path

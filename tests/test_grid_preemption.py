@@ -19,15 +19,14 @@ import signal
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 from harness.grid import slurm, state
 from harness.grid.plan import make_plan
 from harness.grid.spec import load_grid
+from helpers import write_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORDS = "a model reads text and learns to predict the next words of every document".split()
 
 # Far more steps than one time limit allows: the stage is stopped twice, never finishes.
 GRID = """
@@ -92,10 +91,7 @@ def test_a_preempted_job_is_requeued_by_submitit_and_resumes_bit_exactly(tmp_pat
     # The job's processes inherit this environment (conftest.py's XLA flags and compilation
     # cache); its JAX computes as this process's does.
     monkeypatch.setenv("JAX_DEFAULT_MATMUL_PRECISION", "highest")
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "docs.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(WORDS, size=rng.integers(10, 40)))
-                                for _ in range(200)) + "\n")
+    corpus = write_corpus(tmp_path / "docs.txt")
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(GRID.format(corpus=corpus)))
     runs = tmp_path / "runs"

@@ -11,16 +11,15 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 from harness import cli
 from harness.grid import runner, state
 from harness.grid.plan import make_plan
 from harness.grid.spec import load_grid
+from helpers import write_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORDS = "a model reads text and learns to predict the next words of every document".split()
 
 # Two pretraining runs; cd_flm is evaluated at its middle step and adapted into nd_mlm, whose
 # multitask finetuning is evaluated; nd_mlm is finetuned too. cd_flm feeds three stages.
@@ -60,10 +59,7 @@ def inputs(tmp_path_factory):
     from objectives.t0 import make_fixture
 
     root = tmp_path_factory.mktemp("grid_inputs")
-    rng = np.random.default_rng(0)
-    corpus = root / "docs.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(WORDS, size=rng.integers(10, 40)))
-                                for _ in range(200)) + "\n")
+    corpus = write_corpus(root / "docs.txt")
     make_fixture(root / "t0")
     return corpus, root / "t0"
 

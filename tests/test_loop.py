@@ -12,18 +12,13 @@ import pytest
 from harness.train import config as config_lib
 from harness.storage.checkpoint import load_model
 from harness.train.loop import run
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, write_corpus
 
-WORDS = "a model reads text and learns to predict the next words of every document".split()
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
-    path.write_text("\n".join(" ".join(rng.choice(WORDS, size=rng.integers(10, 40)))
-                              for _ in range(200)) + "\n")
-    return str(path)
+    return str(write_corpus(tmp_path_factory.mktemp("corpus") / "docs.txt"))
 
 
 def _config(corpus, run_dir, *extra):

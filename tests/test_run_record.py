@@ -58,7 +58,7 @@ def test_same_configuration_resumes_and_resumable_fields_may_change(corpus, tmp_
     assert run_record.check_resume(longer) == {
         "train.steps": [4, 10], "train.log_every": [10, 1], "checkpoint.every": [1000, 5],
         "mesh.data": [-1, 8]}
-    assert set(run_record.RESUMABLE) <= set(run_record._flatten(config_lib.to_dict(config)))
+    assert set(run_record.RESUMABLE) <= set(config_lib.flatten(config_lib.to_dict(config)))
 
 
 @pytest.mark.parametrize("override,needles", [

@@ -34,7 +34,6 @@ from typing import Any, Mapping, Optional
 
 from harness.grid.spec import Cell, GridSpec, Link
 from harness.train import config as config_lib
-from harness.train import run_record
 
 # Fields of a training stage's config that do not change its results, with why. Everything else
 # is hashed: opting fields *in* leads to silent reuse, hashing paths to needless invalidation.
@@ -251,13 +250,13 @@ def _stage(grid: GridSpec, root: pathlib.Path, node: Mapping[str, Any],
         elif link.kind == "adapt":
             overrides["optim.schedule_offset"] = node["at"]  # the upstream's decay continues
     config = config_lib.with_overrides(config_lib.RunConfig(), {"run_dir": "unset", **overrides})
-    flat = run_record._flatten(config_lib.to_dict(config))  # pylint: disable=protected-access
+    flat = config_lib.flatten(config_lib.to_dict(config))
     identity = _hash({"kind": "train",
                       "config": {k: v for k, v in flat.items() if k not in NOT_IN_IDENTITY},
                       "upstream": None if upstream is None else upstream.identity,
                       "upstream_step": upstream_step})
     directory = root / f"{node['name']}-{identity[:SHORT_ID]}"
-    config = config_lib.with_overrides(config, {"run_dir": str(directory)})
+    config = dataclasses.replace(config, run_dir=str(directory))
     tokens = float(node["steps"]) * config.train.batch_size * config_lib.tokens_per_row(config)
     flops = float(node["steps"]) * config.train.batch_size * config_lib.flops_per_row(config)
     return Stage(name=node["name"], kind="train", identity=identity, directory=directory,
@@ -274,7 +273,7 @@ def identity_record(plan: Plan, name: str) -> dict[str, Any]:
                               "upstream_identity": (plan.stages[stage.upstream].identity
                                                     if stage.upstream else None)}
     if stage.config is not None:
-        flat = run_record._flatten(config_lib.to_dict(stage.config))  # pylint: disable=protected-access
+        flat = config_lib.flatten(config_lib.to_dict(stage.config))
         record["config"] = {k: v for k, v in flat.items() if k not in NOT_IN_IDENTITY}
     if stage.suite is not None:
         record["suite"] = stage.suite

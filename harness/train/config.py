@@ -969,10 +969,8 @@ def check_inputs(config: RunConfig) -> None:
                     else f"has no {CONFIG_FILE}, so it is not a run or model directory")
             raise ValueError(f"stage.init_from={stage.init_from!r}: {what}; point it at the run "
                              "directory of the stage this one starts from")
-        if stage.init_step is not None and not (
-                upstream / CHECKPOINTS_DIR / str(stage.init_step)).is_dir():
-            steps = sorted(int(p.name) for p in (upstream / CHECKPOINTS_DIR).glob("*")
-                           if p.name.isdigit()) if (upstream / CHECKPOINTS_DIR).is_dir() else []
+        steps = checkpoint_steps(upstream)
+        if stage.init_step is not None and stage.init_step not in steps:
             raise ValueError(f"stage.init_step={stage.init_step}: {stage.init_from} has no "
                              f"checkpoint of that step (it has {steps}); choose one of them")
 
@@ -1096,7 +1094,7 @@ def write_resolved(config: RunConfig, run_dir: Optional[Union[str, os.PathLike]]
                              "restore or remove it")
     model = config.model_config().to_dict()
     stored = document.get(MODEL_KEY)
-    if stored is not None and stored != model and _has_checkpoints(directory):
+    if stored is not None and stored != model and checkpoint_steps(directory):
         changed = sorted(k for k in model
                          if not isinstance(stored, dict) or stored.get(k) != model[k])
         raise ValueError(
@@ -1113,10 +1111,25 @@ def write_resolved(config: RunConfig, run_dir: Optional[Union[str, os.PathLike]]
     return path
 
 
-def _has_checkpoints(directory: pathlib.Path) -> bool:
-    checkpoints = directory / CHECKPOINTS_DIR
-    return checkpoints.is_dir() and any(
-        entry.name.isdigit() for entry in checkpoints.iterdir() if entry.is_dir())
+def checkpoint_steps(directory: Union[str, os.PathLike]) -> list[int]:
+    """The committed steps of a run or model directory, ascending, read without orbax: the
+    ``checkpoints/<step>`` directories (a save in progress is ``<step>.orbax-checkpoint-tmp``)."""
+    checkpoints = pathlib.Path(directory) / CHECKPOINTS_DIR
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(entry.name) for entry in checkpoints.iterdir()
+                  if entry.name.isdigit() and entry.is_dir())
+
+
+def flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"steps": 6}}`` -> ``{"train.steps": 6}``: ``to_dict``'s form by dotted key."""
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:

@@ -100,7 +100,7 @@ def check_resume(config: config_lib.RunConfig) -> Optional[dict[str, list[Any]]]
                 "what was run there is unknown; write the stage into a new run_dir")
         return None
     stored = _stored_config(path)
-    new = _flatten(config_lib.to_dict(config))
+    new = config_lib.flatten(config_lib.to_dict(config))
     differing = {key: [stored.get(key), new.get(key)] for key in sorted(set(stored) | set(new))
                  if stored.get(key) != new.get(key)}
     fixed = _SCHEDULE_FIELDS.get(config.optim.schedule, ())
@@ -122,13 +122,9 @@ def check_resume(config: config_lib.RunConfig) -> Optional[dict[str, list[Any]]]
     return differing
 
 
-def committed_steps(run_dir: pathlib.Path) -> list[int]:
+def committed_steps(run_dir: os.PathLike | str) -> list[int]:
     """The steps under ``checkpoints/`` that orbax committed (unfinished saves are not listed)."""
-    checkpoints = pathlib.Path(run_dir) / config_lib.CHECKPOINTS_DIR
-    if not checkpoints.is_dir():
-        return []
-    return sorted(int(entry.name) for entry in checkpoints.iterdir()
-                  if entry.name.isdigit() and entry.is_dir())
+    return config_lib.checkpoint_steps(run_dir)
 
 
 def resume_entry(step: int, changed: Mapping[str, list[Any]], metrics_dropped: int
@@ -196,18 +192,7 @@ def _stored_config(path: pathlib.Path) -> dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"{path}: its {config_lib.RUN_KEY!r} entry is not a configuration this "
                          f"version reads ({e}); write the stage into a new run_dir") from None
-    return _flatten(config_lib.to_dict(stored))
-
-
-def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"steps": 6}}`` -> ``{"train.steps": 6}``."""
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return config_lib.flatten(config_lib.to_dict(stored))
 
 
 def _show(value: Any) -> str:
