@@ -294,6 +294,23 @@ def test_all_31_tasks_run_offline_with_an_accuracy_each(full_run):
     assert results["n-shot"] == {name: 0 for name in eai_eval.TASKS}
     assert lm.calls["generate_until"] == len(_fixture_rows("triviaqa"))     # triviaqa only
     assert "mean" in eai_eval.format_summary(rows)
+    assert "samples" not in results                      # only asked for: the compact scores stay
+
+
+def test_per_example_scores_agree_with_the_stored_accuracies(full_run):
+    """The per-document scores kept for bootstrap intervals average to lm-eval's own metric."""
+    _, results = full_run
+    per_example = results["per_example"]
+    assert list(per_example) == list(eai_eval.TASKS)
+    for row in eai_eval.summarize(results):
+        if row["kind"] != "task":
+            continue
+        record = per_example[row["task"]]
+        assert record["metric"] == row["metric"]          # under the filter summarize reads
+        assert f"{row['metric']},{record['filter']}" in results["results"][row["task"]]
+        assert record["doc_id"] == list(range(row["n"]))             # every document, once, in order
+        assert set(record["value"]) <= {0.0, 1.0}
+        assert 100.0 * sum(record["value"]) / len(record["value"]) == pytest.approx(row["accuracy"])
 
 
 def test_triviaqa_generation_is_scored_by_exact_match(full_run):
@@ -392,3 +409,6 @@ def test_end_to_end_through_archobj_lm(tiny_archobj_checkpoint):
     direct = [score for score, _ in lm.score_tokens(pairs)]
     assert direct == pytest.approx(logged, abs=1e-4)
     assert all(isinstance(s["filtered_resps"][0], str) for s in results["samples"]["triviaqa"])
+    for name in ("copa", "lambada_openai", "triviaqa"):       # kept beside the full samples
+        values = results["per_example"][name]["value"]
+        assert 100.0 * sum(values) / len(values) == pytest.approx(rows[name]["accuracy"])

@@ -39,6 +39,13 @@ def test_both_suites_run_on_the_fixtures_and_write_into_the_run_directory(checkp
     assert eai["archobj"]["inputs_length"] == 512 and t0["archobj"]["inputs_length"] == 1024
     prompts = t0["datasets"]["copa"]["prompts"]
     assert len(prompts) == 12  # per-prompt scores kept (PAPER.md 3.2: 12 COPA prompts)
+    # Per-example scores are written too (analysis/'s bootstrap), and agree with the accuracies.
+    for scores in prompts.values():
+        assert len(scores["examples"]) == len(scores["correct"]) == scores["num_scored"]
+        assert sum(scores["correct"]) == scores["num_correct"]
+    copa = eai["per_example"]["copa"]
+    assert copa["doc_id"] == [0, 1] and "samples" not in eai
+    assert sum(copa["value"]) / 2 == eai["results"]["copa"]["acc,none"]
     summary = json.loads((step_dir / "t0_summary.json").read_text())
     assert summary["step"] == 7 and summary["limit"] == 2 and summary["rows"]
 

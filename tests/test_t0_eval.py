@@ -215,6 +215,14 @@ def test_tied_scores_predict_the_first_choice(reference):
                     for p, examples in renders.items()}
         got = {p: s["accuracy"] for p, s in results["datasets"][name]["prompts"].items()}
         assert got == pytest.approx(expected), name
+        for prompt, scores in results["datasets"][name]["prompts"].items():
+            # The per-example record (kept for bootstrap intervals): the rendered examples' indices
+            # and whether the first choice was the target, summing to the stored counts.
+            assert scores["examples"] == [r.index for r in renders[prompt]], (name, prompt)
+            assert scores["correct"] == [int(r.target == r.choices[0])
+                                         for r in renders[prompt]], (name, prompt)
+            assert sum(scores["correct"]) == scores["num_correct"]
+            assert len(scores["correct"]) == scores["num_scored"]
         medians.append(statistics.median(expected.values()))
         assert results["datasets"][name]["median_accuracy"] == pytest.approx(medians[-1])
     assert results["aggregate"]["mean_accuracy"] == pytest.approx(statistics.fmean(medians))

@@ -16,7 +16,7 @@ the small synthetic copy the tests run on (``harness/eval/suites/fixtures/eai/``
 
 Public API: :data:`TASKS`, :func:`load_suite`, :func:`evaluate`, :func:`summarize`,
 :func:`format_summary`, :func:`task_config`, :func:`build_task`, :func:`local_data_file`,
-:func:`export_split`, :func:`export`, :func:`make_fixture`.
+:func:`export_split`, :func:`export`, :func:`make_fixture`, :func:`per_example_scores`.
 """
 
 from __future__ import annotations
@@ -309,7 +309,9 @@ def evaluate(lm, *, data_dir: str | os.PathLike | None = None, tasks: str | Sequ
         data_dir: local data root (see the module docstring); ``None`` reads the Hugging Face hub.
         tasks: lm-eval or study names (default: all 31).
         limit: lm-eval's ``limit``: at most this many documents per task (a fraction if < 1).
-        log_samples: keep lm-eval's per-document records under ``samples`` (large for full runs).
+        log_samples: keep lm-eval's per-document records under ``samples`` (large for full runs);
+            the per-document scores alone are always kept under ``per_example``
+            (:func:`per_example_scores`).
         bootstrap_iters: lm-eval's bootstrap draws for the stderrs without a closed form (F1,
             perplexity); accuracy stderrs are closed-form. 0 drops every stderr.
         fewshot_seed: lm-eval's few-shot sampler seed (unused at zero shots; recorded).
@@ -317,7 +319,7 @@ def evaluate(lm, *, data_dir: str | os.PathLike | None = None, tasks: str | Sequ
     Returns:
         JSON-serialisable lm-eval output (``results``, ``configs``, ``versions``, ``n-shot``,
         ``higher_is_better``, ``n-samples``, ...) plus ``eai_eval``: the suite tasks, data sources and
-        settings of this run.
+        settings of this run, and ``per_example``: each task's per-document scores.
 
     Raises:
         ValueError: unknown task names, bad ``limit``; EvalDataError: data not available.
@@ -344,10 +346,16 @@ def evaluate(lm, *, data_dir: str | os.PathLike | None = None, tasks: str | Sequ
     # lm_eval.evaluator.evaluate with a task dict: what simple_evaluate runs, without its TaskManager
     # (the full index) and its environment report (imports torch, shells out to collect_env).
     with _no_bootstrap_pool():
+        # Samples are always logged: the per-document scores they hold are kept (compactly) for
+        # analysis/'s bootstrap; the full records only when asked for.
         raw = lm_eval_evaluate(lm=lm, task_dict={"tasks": built, "groups": {}, "group_map": {}},
-                               limit=limit, bootstrap_iters=bootstrap_iters, log_samples=log_samples)
+                               limit=limit, bootstrap_iters=bootstrap_iters, log_samples=True)
     # lm-eval returns None on ranks other than 0 (its multi-process runs): nothing to report there.
-    results = _json_safe(dict(raw)) if raw is not None else {}
+    raw = dict(raw) if raw is not None else {}
+    samples = raw.pop("samples", None) if not log_samples else raw.get("samples")
+    results = _json_safe(raw)
+    if samples is not None:
+        results["per_example"] = per_example_scores(samples, {t.task: t.metric for t in selected})
     results["eai_eval"] = {
         "suite": "eai_eval",
         "tasks": [t.task for t in selected],
@@ -359,6 +367,34 @@ def evaluate(lm, *, data_dir: str | os.PathLike | None = None, tasks: str | Sequ
         "data": {name: _data_source(task) for name, task in built.items()},
     }
     return results
+
+
+def per_example_scores(samples: Mapping[str, Sequence[Mapping[str, Any]]],
+                       metrics: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The per-document scores of lm-eval's logged samples, compactly, for bootstrap intervals.
+
+    Args:
+        samples: lm-eval's ``samples`` (task -> one record per document and filter).
+        metrics: task -> the metric the suite summarises (``acc``, ``exact_match``).
+
+    Returns:
+        task -> ``{"metric", "filter", "doc_id": [...], "value": [...]}``, sorted by ``doc_id``:
+        the value lm-eval averaged into the task's metric (1.0 / 0.0 for accuracy), under the
+        ``none`` filter where there is one (as :func:`summarize` reads the metric).
+    """
+    compact = {}
+    for task, records in samples.items():
+        metric = metrics.get(task)
+        records = [r for r in records if metric in r]
+        if not records:
+            continue
+        filters = sorted({str(r.get("filter")) for r in records}, key=lambda f: (f != "none", f))
+        chosen = sorted((r for r in records if str(r.get("filter")) == filters[0]),
+                        key=lambda r: r["doc_id"])
+        compact[task] = {"metric": metric, "filter": filters[0],
+                         "doc_id": [int(r["doc_id"]) for r in chosen],
+                         "value": [float(r[metric]) for r in chosen]}
+    return compact
 
 
 def _data_source(lm_task) -> str:

@@ -555,6 +555,8 @@ def evaluate(lm: Any, *, data_dir: str | os.PathLike | None = None,
                              "prompts": {prompt: {"template", "task" (T0's task name),
                                                   "accuracy" (None if nothing scored),
                                                   "num_correct", "num_scored",
+                                                  "examples" (indices of the scored examples
+                                                  in the split), "correct" (0/1 for each),
                                                   "num_not_rendered", "num_no_gold"}}}},
          "aggregate": {"mean_accuracy", "random_baseline", "num_datasets", "complete"}}
 
@@ -609,7 +611,7 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
         return targets_of[choice]
 
     rows: list[tuple[list[int], list[int]]] = []
-    plans = []  # per prompt: (name, template name, [(first row, choices, gold indices)], counts)
+    plans = []  # per prompt: (name, template name, [(example index, first row, choices, golds)], counts)
     truncated_inputs = truncated_targets = 0
     with _compiled_once():
         for prompt, template in eval_templates(dataset):
@@ -636,7 +638,7 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
                 # Correct = the predicted choice equals the target (as t5's metric: a repeated
                 # choice that equals it counts too).
                 golds = {i for i, c in enumerate(rendered.choices) if c == rendered.target}
-                entries.append((len(rows), len(rendered.choices), golds))
+                entries.append((index, len(rows), len(rendered.choices), golds))
                 for choice in rendered.choices:
                     targets, truncated = target_row(choice)
                     truncated_targets += truncated
@@ -649,11 +651,14 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
 
     prompts = {}
     for prompt, template_name, entries, not_rendered, no_gold in plans:
-        correct = 0
-        for first, count, golds in entries:
+        # Per example, 0/1, with the example's index in the split: what a bootstrap resamples, and
+        # what pairs the same example across prompts and across checkpoints (analysis/).
+        hits = []
+        for _, first, count, golds in entries:
             choice_scores = scores[first:first + count]
             prediction = max(range(count), key=lambda i: (choice_scores[i], -i))  # ties: first
-            correct += prediction in golds
+            hits.append(int(prediction in golds))
+        correct = sum(hits)
         prompts[prompt] = {
             "template": template_name,
             "task": dataset.task_name(prompt),
@@ -662,6 +667,8 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
             "num_scored": len(entries),
             "num_not_rendered": not_rendered,
             "num_no_gold": no_gold,
+            "examples": [entry[0] for entry in entries],
+            "correct": hits,
         }
     accuracies = [p["accuracy"] for p in prompts.values() if p["accuracy"] is not None]
     seconds = time.perf_counter() - start_time
