@@ -239,17 +239,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid_plan(args: argparse.Namespace):
+def _grid_plan(args: argparse.Namespace, seed: Optional[int] = None):
     from harness.grid.plan import make_plan
     from harness.grid.spec import load_grid
 
     _quiet_evaluation()  # the stages' progress is the runner's lines, not lm-eval's notices
-    return make_plan(load_grid(args.file, args.set or ()), runs=args.runs)
+    grid = load_grid(args.file, args.set or (), variant=args.variant,
+                     seed=args.seed if seed is None else seed)
+    return make_plan(grid, runs=args.runs)
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
     from harness.grid import runner, show
 
+    if args.seeds is not None and (args.seeds < 1 or args.stage or args.executor != "local"):
+        raise ValueError(f"--seeds {args.seeds}: a number of replicates >= 1, run by the local "
+                         "executor; for one replicate (a cluster job, --executor slurm) pass "
+                         "--seed N instead")
     plan = _grid_plan(args)
     if args.explain:
         print(show.explain(plan, args.explain))
@@ -265,6 +271,8 @@ def _cmd_grid(args: argparse.Namespace) -> int:
         import jax
 
         primary = jax.process_index() == 0
+        if plan.world is not None:  # written once, atomically, by whichever job comes first
+            runner.write_world(plan, report=lambda line: print(line, flush=True))
         outcome = runner.run_stage(plan, args.stage, retry_failed=args.retry_failed,
                                    primary=primary, report=lambda line: print(line, flush=True))
         if primary:
@@ -288,9 +296,36 @@ def _cmd_grid(args: argparse.Namespace) -> int:
               + (f" ({', '.join(jobs.values())})" if jobs else "")
               + f"; archobj status {args.file} follows them")
         return 0
-    summary = runner.run_plan(plan, args.only, retry_failed=args.retry_failed,
-                              report=lambda line: print(line, flush=True))
-    return _finish(plan, summary)
+    return _run_local(args, plan)
+
+
+def _run_local(args: argparse.Namespace, plan) -> int:
+    """Runs the grid here: each replicate (``--seeds``) in turn in this one process, sharing its
+    imports, the built-in world and the compilation cache, then says where the time went."""
+    import json
+    import time
+
+    from harness.grid import runner, timing
+
+    start = time.perf_counter()
+    ledger = timing.Ledger()
+    seeds = [args.seed] if args.seeds is None else list(range(args.seeds))
+    status = 0
+    for seed in seeds:
+        if seed != args.seed or plan is None:
+            plan = _grid_plan(args, seed)
+            print(f"{plan.grid.name}: replicate seed {seed}", flush=True)
+        summary = runner.run_plan(plan, args.only, retry_failed=args.retry_failed,
+                                  report=lambda line: print(line, flush=True), ledger=ledger,
+                                  compilation_cache=plan.root.parent / ".jax_cache")
+        status = max(status, _finish(plan, summary))
+    total = time.perf_counter() - start
+    if ledger.seconds:
+        print(ledger.breakdown(total))
+        record = {**ledger.to_json(), "total_seconds": round(total, 3),
+                  "seeds": seeds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (plan.root / "timing.json").write_text(json.dumps(record, indent=2) + "\n")
+    return status
 
 
 def _cmd_cell(args: argparse.Namespace) -> int:
@@ -340,6 +375,12 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="edit the grid file, e.g. --set base.data.source=corpus.txt "
                              "(repeatable)")
+    parser.add_argument("--variant", metavar="NAME",
+                        help="apply the grid file's variants: NAME edits first (e.g. quick); "
+                             "runs go to <grid>_<NAME>")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the replicate: train.seed and data.seed of every stage; runs of "
+                             "seed N > 0 go to <grid>_seed<N> (default 0, the grid itself)")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -522,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "slurm: resources, and exit")
     grid.add_argument("--explain", metavar="STAGE",
                       help="why STAGE is pending: the fields that changed, old and new value")
+    grid.add_argument("--seeds", type=int, metavar="N",
+                      help="run N replicates of the grid, seeds 0..N-1, one after another "
+                           "(local executor)")
     grid.set_defaults(handler=_cmd_grid)
     cell = commands.add_parser(
         "cell", help="re-run one cell; upstream stages only if they are missing or changed")

@@ -150,6 +150,44 @@ def test_malformed_grid_files_are_one_line(tmp_path, edit, needles):
     assert_one_line_error(excinfo, str(path), *needles)
 
 
+RUNNABLE = GOOD.replace("mtf: {steps: 5}", "mtf: {steps: 5, set: {data.source: t0-hf}}")
+
+
+def test_a_variant_edits_the_grid_and_runs_beside_it(tmp_path):
+    path = _grid(tmp_path, RUNNABLE + "variants: {quick: [pretrain.steps=4, mtf.steps=2]}\n")
+    full, quick = make_plan(load_grid(path), runs="/r"), make_plan(
+        load_grid(path, variant="quick"), runs="/r")
+    assert (quick.grid.name, quick.root) == ("t_quick", pathlib.Path("/r/t_quick"))
+    assert quick.stages["cd_flm"].steps == 4 and full.stages["cd_flm"].steps == 10
+    assert quick.stages["cd_flm_4-cd_mtf_6"].steps == 2
+    # --set applies after the variant.
+    edited = make_plan(load_grid(path, ["pretrain.steps=6"], variant="quick"), runs="/r")
+    assert edited.stages["cd_flm"].steps == 6
+    for bad, needle in (("slow", "not a variant of this grid file; it has ['quick']"),):
+        with pytest.raises(ValueError) as excinfo:
+            load_grid(path, variant=bad)
+        assert_one_line_error(excinfo, str(path), needle)
+
+
+def test_a_replicate_changes_every_training_seed_and_nothing_else(tmp_path):
+    path = _grid(tmp_path, RUNNABLE)
+    zero, one = make_plan(load_grid(path), runs="/r"), make_plan(load_grid(path, seed=1), runs="/r")
+    assert one.root == pathlib.Path("/r/t_seed1") and one.grid.seed == 1
+    assert list(zero.stages) == list(one.stages)
+    for name, stage in one.stages.items():
+        assert stage.identity != zero.stages[name].identity
+        if stage.config is not None:
+            assert (stage.config.train.seed, stage.config.data.seed) == (1, 1)
+            assert zero.stages[name].config.train.seed == 0
+            rest = lambda c: {k: v for k, v in config_lib.flatten(config_lib.to_dict(c)).items()
+                              if k not in ("train.seed", "data.seed", "run_dir",
+                                           "stage.init_from")}
+            assert rest(stage.config) == rest(zero.stages[name].config)
+    with pytest.raises(ValueError) as excinfo:
+        load_grid(path, seed=-1)
+    assert_one_line_error(excinfo, "--seed -1")
+
+
 def test_planning_imports_no_jax():
     code = ("import sys; from harness.grid.plan import make_plan; from harness.grid.spec import "
             "load_grid; make_plan(load_grid('experiments/paper.yaml')); print(sorted(m for m in "

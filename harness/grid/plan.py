@@ -85,6 +85,7 @@ class Plan:
     root: pathlib.Path                 # <runs>/<grid>
     stages: Mapping[str, Stage]        # topological order (upstream first)
     cells: Mapping[str, tuple[str, ...]]   # cell name -> its stages, upstream first
+    world: Optional[pathlib.Path] = None   # the built-in world's directory (``grid.world``)
 
     def upstream_of(self, name: str) -> list[str]:
         """Every stage ``name`` depends on, nearest last."""
@@ -112,7 +113,12 @@ def make_plan(grid: GridSpec, runs: Optional[str | os.PathLike] = None) -> Plan:
       ValueError: a chain that branches from a step its upstream never reaches, or an evaluation
         past the end of its run; one line naming the grid file and the chain.
     """
-    root = pathlib.Path(runs if runs is not None else grid.runs) / grid.name
+    runs_root = pathlib.Path(runs if runs is not None else grid.runs)
+    root = runs_root / grid.name
+    world = None
+    if grid.world is not None:
+        world = world_directory(runs_root, grid)
+        grid = with_world(grid, world)
     nodes: dict[str, dict[str, Any]] = {}      # name -> skeleton, in creation order
     cells: dict[str, list[str]] = {}
     for cell in grid.cells:
@@ -139,7 +145,35 @@ def make_plan(grid: GridSpec, runs: Optional[str | os.PathLike] = None) -> Plan:
     for name, node in nodes.items():  # upstream stages are created first
         stages[name] = _stage(grid, root, node, stages)
     return Plan(grid=grid, root=root, stages=stages,
-                cells={name: tuple(members) for name, members in cells.items()})
+                cells={name: tuple(members) for name, members in cells.items()}, world=world)
+
+
+def world_directory(runs_root: str | os.PathLike, grid: GridSpec) -> pathlib.Path:
+    """Where ``grid``'s built-in world lives: ``<runs>/worlds/<version>-seed<S>-<size>``, shared
+    by every grid, variant and replicate that asks for the same world."""
+    from objectives import world as world_lib
+
+    assert grid.world is not None
+    return pathlib.Path(runs_root) / "worlds" / world_lib.directory_name(grid.world.seed,
+                                                                          grid.world.size)
+
+
+def with_world(grid: GridSpec, directory: pathlib.Path) -> GridSpec:
+    """``grid`` with its data, vocabulary, finetuning mixture and evaluation suites pointed at the
+    world in ``directory`` (``spec.WorldSpec``); keys the grid file sets itself are kept."""
+    from objectives import world as world_lib
+
+    files = world_lib.files(directory)
+    base = {"data.source": str(files.corpus), "data.vocabulary": str(files.vocabulary),
+            **grid.base}
+    mtf_set = {"data.source": str(files.mtf), **grid.mtf_set}
+    settings = grid.eval
+    if settings.data_dir is None and not settings.fixtures:
+        settings = dataclasses.replace(settings, data_dir=str(files.eval))
+    if settings.tasks is None:
+        settings = dataclasses.replace(settings, tasks=tuple(
+            task for suite in settings.suites for task in world_lib.eval_tasks(suite)))
+    return dataclasses.replace(grid, base=base, mtf_set=mtf_set, eval=settings)
 
 
 def _chain_nodes(grid: GridSpec, cell: Cell, nodes: dict[str, dict[str, Any]]

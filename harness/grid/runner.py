@@ -15,12 +15,13 @@ go on; a failed stage is retried only with ``retry_failed``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import time
 from typing import Callable, Iterable, Optional
 
-from harness.grid import state
+from harness.grid import state, timing
 from harness.grid.plan import Plan, Stage, identity_record
 from harness.train.run_record import Preempted
 
@@ -74,7 +75,9 @@ def statuses(plan: Plan, names: Optional[Iterable[str]] = None) -> dict[str, str
 
 
 def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = False,
-             force: Iterable[str] = (), report: Callable[[str], None] = print) -> RunSummary:
+             force: Iterable[str] = (), report: Callable[[str], None] = print,
+             ledger: Optional[timing.Ledger] = None,
+             compilation_cache: Optional[str | os.PathLike] = None) -> RunSummary:
     """Runs every selected stage that is not done, upstream first; see the module docstring.
 
     Args:
@@ -83,10 +86,15 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
       retry_failed: run failed stages again (never done silently).
       force: stages to run again although they are done: their directory is moved aside
         (``<dir>.replaced-<time>``, never deleted) and the stage runs afresh.
-      report: receives one line per stage started or finished.
+      report: receives one line per stage started or finished, with the time elapsed and an
+        estimate of the time left.
+      ledger: adds up where the time goes (``timing.Ledger``); a new one if None.
+      compilation_cache: JAX's persistent compilation cache directory for this process (the CLI
+        passes ``<runs>/.jax_cache``); None leaves JAX's setting alone.
     """
     names = select(plan, only)
     summary = RunSummary()
+    ledger = ledger if ledger is not None else timing.Ledger()
     plan.root.mkdir(parents=True, exist_ok=True)
     for name in force:
         directory = plan.stages[name].directory
@@ -96,16 +104,77 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
             report(f"{name}: moved the previous run aside to {aside.name}")
     todo = [n for n, s in statuses(plan, names).items() if s != "done"]
     started = time.perf_counter()
-    for index, name in enumerate(todo, 1):
-        outcome = run_stage(plan, name, retry_failed=retry_failed,
-                            report=lambda line, i=index: report(f"[{i}/{len(todo)}] {line}"))
-        if outcome != "skipped":
-            getattr(summary, outcome.replace("-", "_")).append(name)
-        write_index(plan)
-    report(f"{plan.grid.name}: {len(todo)} stages considered in {time.perf_counter() - started:.0f} s")
+    if todo:
+        prepare(plan, ledger, report, compilation_cache)
+    try:
+        _run_stages(plan, todo, summary, ledger, retry_failed, report)
+    finally:
+        ledger.stop_listening()
+    report(f"{plan.grid.name}: {len(todo)} stages considered in "
+           f"{timing.format_seconds(time.perf_counter() - started)}")
     summary.dep_failed.extend(n for n, s in statuses(plan, names).items()
                               if s == "dep-failed" and n not in summary.dep_failed)
     return summary
+
+
+def _run_stages(plan: Plan, todo: list[str], summary: RunSummary, ledger: timing.Ledger,
+                retry_failed: bool, report: Callable[[str], None]) -> None:
+    """Runs ``todo`` in order, each line prefixed with the time elapsed and an estimate of the
+    time left (``timing.Estimator``, learning from the stages as they finish)."""
+    started = time.perf_counter()
+    compute = plan.grid.compute
+    estimator = timing.Estimator(flops_per_second=compute.peak_tflops * 1e12 * compute.mfu)
+    for index, name in enumerate(todo, 1):
+        stage = plan.stages[name]
+        left = estimator.remaining({n: _cost(plan.stages[n]) for n in todo[index - 1:]})
+        clock = (f"[{index}/{len(todo)} {timing.format_seconds(time.perf_counter() - started)}"
+                 f" elapsed, ~{timing.format_seconds(left)} left]")
+        stage_start = time.perf_counter()
+        phase = {"train": "training", "eval": f"evaluation ({stage.suite})"}.get(
+            stage.kind, "baseline import")
+        with ledger.phase(phase):
+            outcome = run_stage(plan, name, retry_failed=retry_failed,
+                                report=lambda line, c=clock: report(f"{c} {line}"))
+        if outcome == "ran":
+            kind, flops, suite = _cost(stage)
+            estimator.observe(kind, time.perf_counter() - stage_start, flops=flops, suite=suite)
+        if outcome != "skipped":
+            getattr(summary, outcome.replace("-", "_")).append(name)
+        write_index(plan)
+
+
+def prepare(plan: Plan, ledger: timing.Ledger, report: Callable[[str], None] = print,
+            compilation_cache: Optional[str | os.PathLike] = None) -> None:
+    """What every stage of this process shares, paid once: the built-in world (written if this
+    runs root does not have it yet), the imports of JAX and the data pipelines, JAX's persistent
+    compilation cache (if given), then compile-time accounting."""
+    if plan.world is not None:
+        with ledger.phase("world (generate once)"):
+            write_world(plan, report)
+    with ledger.phase("start-up (imports)"):
+        import harness.train.loop  # noqa: F401  JAX, Flax, orbax
+        import objectives.tasks  # noqa: F401  seqio, TensorFlow
+    if compilation_cache is not None:
+        timing.enable_compilation_cache(compilation_cache)
+    ledger.listen_to_compiles()
+
+
+def write_world(plan: Plan, report: Callable[[str], None] = print) -> None:
+    """Writes the grid's built-in world into ``plan.world`` unless it is there already."""
+    from objectives import world as world_lib
+
+    world = plan.grid.world
+    assert world is not None and plan.world is not None
+    if world_lib.is_written(plan.world):
+        return
+    start = time.perf_counter()
+    world_lib.write_world(plan.world, seed=world.seed, size=world.size)
+    report(f"world: seed {world.seed}, size {world.size} written to {plan.world} in "
+           f"{time.perf_counter() - start:.1f} s")
+
+
+def _cost(stage: Stage) -> tuple[str, float, Optional[str]]:
+    return stage.kind, stage.flops, stage.suite
 
 
 def run_stage(plan: Plan, name: str, *, retry_failed: bool = False, primary: bool = True,

@@ -174,6 +174,10 @@ def stage_command(plan: Plan, name: str, *, grid_file: str | os.PathLike, runs: 
                               .resolve())]
     for entry in overrides:
         command += ["--set", str(entry)]
+    if plan.grid.variant:
+        command += ["--variant", plan.grid.variant]
+    if plan.grid.seed:
+        command += ["--seed", str(plan.grid.seed)]
     if retry_failed:
         command.append("--retry-failed")
     return [*command, "--stage", name]

@@ -59,7 +59,7 @@ ARCHITECTURES = ("cd", "nd", "ed")
 LM_OBJECTIVE = {"cd": "flm", "nd": "plm", "ed": "plm"}  # PAPER.md 1.2, 1.3a
 SUITES = config_lib.EVAL_SUITES
 TOP_KEYS = ("grid", "scale", "runs", "architectures", "base", "pairs", "pretrain", "adapt", "mtf",
-            "eval", "compute", "baselines", "cells", "slurm")
+            "eval", "compute", "baselines", "cells", "slurm", "world", "variants")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _TEMPLATE = re.compile(r"\{(\w+)\}")
 
@@ -108,6 +108,20 @@ class Compute:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    """The built-in world (``objectives/world.py``) a grid trains and evaluates on.
+
+    The grid writes it once per (generator version, seed, size) under ``<runs>/worlds/`` and points
+    every stage at it: ``base.data.source`` (the corpus), ``base.data.vocabulary`` (its
+    SentencePiece model), ``mtf.set.data.source`` (the prompted finetuning mixture),
+    ``eval.data_dir`` and ``eval.tasks`` (the held-out suites), unless the grid file sets them.
+    """
+
+    seed: int = 0
+    size: str = "default"
+
+
+@dataclasses.dataclass(frozen=True)
 class GridSpec:
     """A checked grid file."""
 
@@ -131,14 +145,24 @@ class GridSpec:
     # stage kind ("train", "eval", "import") or pretraining pair -> SLURM resources
     # (harness/grid/slurm.py: RESOURCE_KEYS); empty when the grid file has no ``slurm:``
     slurm: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    world: Optional[WorldSpec] = None
+    seed: int = 0                  # the replicate: train.seed and data.seed of every stage
+    variant: Optional[str] = None  # the ``variants`` entry applied, if any
 
 
-def load_grid(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> GridSpec:
+def load_grid(path: str | pathlib.Path, overrides: Sequence[str] = (), *,
+              variant: Optional[str] = None, seed: int = 0) -> GridSpec:
     """Reads and checks a grid file; ``overrides`` are ``key.path=value`` edits of its YAML.
 
     ``--set base.data.source=corpus.txt`` sets ``base: {data.source: corpus.txt}``: the first dot
     names the top-level key, the rest is the key inside it (a run-config key for ``base`` and the
     ``set`` mappings, e.g. ``mtf.set.data.source=t0_dir``).
+
+    ``variant`` applies the grid file's ``variants: {NAME: [key=value, ...]}`` edits first (the
+    same syntax); its runs go to ``<grid>_<variant>``. ``seed`` > 0 makes a replicate of the whole
+    grid: every training stage gets ``train.seed`` and ``data.seed`` = ``seed`` and its runs go to
+    ``<grid>_seed<seed>`` (seed 0 is the grid itself). The world, and so the evaluation data, is
+    the same for every replicate: the spread over seeds is the spread of training alone.
 
     Raises:
       ValueError: one line naming the file, the key and the fix.
@@ -153,12 +177,30 @@ def load_grid(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> GridSp
                          ) from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: must hold a mapping with keys {list(TOP_KEYS)}")
+    variants = document.pop("variants", None) or {}
+    if not isinstance(variants, dict) or not all(
+            isinstance(edits, list) and all(isinstance(e, str) for e in edits)
+            for edits in variants.values()):
+        raise ValueError(f"{path}: variants: a mapping {{name: [key=value, ...]}}, e.g. "
+                         "{quick: [pretrain.steps=100]}")
+    if variant is not None:
+        if variant not in variants:
+            raise ValueError(f"{path}: --variant {variant!r}: not a variant of this grid file; it "
+                             f"has {sorted(variants) or 'none'}")
+        for entry in variants[variant]:
+            _apply_override(path, document, entry)
     for entry in overrides:
         _apply_override(path, document, entry)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{path}: --seed {seed!r}: a replicate number >= 0")
+    if seed:
+        document.setdefault("base", {}).update({"train.seed": seed, "data.seed": seed})
     try:
-        return _parse(path, document)
+        grid = _parse(path, document)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    suffix = (f"_{variant}" if variant else "") + (f"_seed{seed}" if seed else "")
+    return dataclasses.replace(grid, name=grid.name + suffix, seed=seed, variant=variant)
 
 
 def _apply_override(path: pathlib.Path, document: dict, entry: str) -> None:
@@ -254,6 +296,14 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
     if not isinstance(cells_doc, list) or not cells_doc:
         raise ValueError("cells: a list of {chain: ..., for: ..., suites: ...} entries")
     slurm = _slurm(_mapping(document, "slurm", {}), pairs)
+    world = None
+    if document.get("world") is not None:
+        world_doc = _mapping(document, "world", {})
+        _only(world_doc, "world", ("seed", "size"))
+        seed = world_doc.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"world.seed={seed!r}: a seed >= 0")
+        world = WorldSpec(seed=seed, size=str(world_doc.get("size", WorldSpec.size)))
     cells: list[Cell] = []
     for index, entry in enumerate(cells_doc):
         cells.extend(_expand(f"cells[{index}]", entry, pairs, architectures, baselines,
@@ -265,7 +315,8 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
                     adapt_set=_run_keys("adapt.set", adapt.get("set") or {}),
                     mtf_steps=_count("mtf.steps", mtf.get("steps", 10_000)),
                     mtf_set=_run_keys("mtf.set", mtf.get("set") or {}), eval=settings,
-                    compute=compute, baselines=baselines, cells=tuple(cells), slurm=slurm)
+                    compute=compute, baselines=baselines, cells=tuple(cells), slurm=slurm,
+                    world=world)
 
 
 def _expand(where: str, entry: Any, pairs: Mapping[str, Any], architectures: Mapping[str, Any],
