@@ -41,12 +41,12 @@ RANDOM_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.0}
 
 
 def save(figure: plt.Figure, directory: str | pathlib.Path, name: str) -> list[pathlib.Path]:
-    """Writes ``name.png`` (150 dpi) and ``name.pdf``; returns both paths."""
+    """Writes ``name.png`` (120 dpi) and ``name.pdf``; returns both paths."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.png", directory / f"{name}.pdf"]
-    figure.savefig(paths[0], dpi=150, bbox_inches="tight")
-    figure.savefig(paths[1], bbox_inches="tight")
+    figure.savefig(paths[0], dpi=120)
+    figure.savefig(paths[1])
     return paths
 
 
@@ -189,10 +189,11 @@ def speedups(data: RunData, scale: str) -> pd.DataFrame:
     the adaptation's final loss; tokens are counted from the branch for the adaptation and from
     zero for the run from scratch. Training loss (metrics.jsonl), as no validation loss is logged.
     """
+    columns = ["run", "adaptation", "scratch", "loss", "adapt_tokens", "scratch_tokens",
+               "speedup"]
     curves = data.curves
     if curves.empty:
-        return pd.DataFrame(columns=["adaptation", "scratch", "loss", "adapt_tokens",
-                                     "scratch_tokens", "speedup"])
+        return pd.DataFrame(columns=columns)
     runs = set(data.runs.loc[data.runs["scale"] == scale, "run"])
     curves = curves[curves["run"].isin(runs) & curves["loss"].notna()]
     rows = []
@@ -213,7 +214,7 @@ def speedups(data: RunData, scale: str) -> pd.DataFrame:
                          "loss": target, "adapt_tokens": adapt_tokens,
                          "scratch_tokens": scratch_tokens,
                          "speedup": scratch_tokens / adapt_tokens if adapt_tokens else np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def figure6(data: RunData, scale: str) -> plt.Figure:
