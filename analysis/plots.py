@@ -63,10 +63,12 @@ def _title(figure: plt.Figure, what: str, scale: str) -> None:
 def _bars(ax: plt.Axes, positions: Sequence[float], items: Sequence[Optional[Mapping[str, Any]]],
           width: float, style: int, label: str) -> None:
     """Bars with error bars for entries that have results; an ``x`` and the status for those that
-    do not; nothing for ``None`` (not in the grid)."""
+    do not; "not in grid" for ``None`` (a cell the grid does not hold)."""
     first = True
     for x, item in zip(positions, items):
         if item is None:
+            ax.annotate("not in grid", (x, 0), xytext=(0, 3), textcoords="offset points",
+                        rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
             continue
         if item["status"] == "done" and np.isfinite(item["score"]):
             value = 100 * item["score"]

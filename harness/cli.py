@@ -18,6 +18,9 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
                                                 plan and run a study grid (experiments/*.yaml)
     archobj cell FILE CELL [--force]            re-run one cell of a grid
     archobj status FILE                         the grid's status table, from disk
+    archobj report RUNS_DIR [RUNS_DIR ...] [--out DIR]
+                                                the paper's tables and figures for these runs,
+                                                beside the paper's numbers (no JAX)
 """
 
 from __future__ import annotations
@@ -369,6 +372,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report  # pandas and matplotlib; never JAX
+
+    if args.bootstrap < 1:
+        raise ValueError(f"--bootstrap {args.bootstrap}: the number of bootstrap replicates must "
+                         "be at least 1 (default 1000)")
+    index = write_report(args.runs_dirs, args.out, replicates=args.bootstrap, seed=args.seed)
+    print(f"archobj report: wrote {index} and {index.with_suffix('.html')}")
+    return 0
+
+
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a grid file, e.g. experiments/tiny.yaml")
     parser.add_argument("--runs", help="runs root (default: the grid file's 'runs', usually runs/)")
@@ -578,6 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="the grid's table from disk: done / running / pending / failed (no JAX)")
     _add_grid_arguments(status)
     status.set_defaults(handler=_cmd_status)
+    report = commands.add_parser(
+        "report", help="the paper's tables and figures for run directories, beside the paper's "
+                       "numbers (report/index.md and index.html)")
+    report.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR",
+                        help="grid directories (runs/<grid>), runs roots, archobj run directories "
+                             "or lm-eval result JSON files")
+    report.add_argument("--out", default="report", help="output directory (default: report)")
+    report.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap replicates for the intervals (default 1000)")
+    report.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    report.set_defaults(handler=_cmd_report)
     stage.set_defaults(handler=_cmd_train)
     return parser
 
