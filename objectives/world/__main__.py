@@ -1,0 +1,5 @@
+import sys
+
+from objectives.world.cli import main
+
+sys.exit(main())
