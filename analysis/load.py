@@ -41,6 +41,7 @@ import pandas as pd
 
 from analysis import cells as cells_lib
 from analysis import reference
+from harness.train.config import flatten as _flatten   # JAX-free: the run config's dotted keys
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 FRAME_COLUMNS = ("run", "scale", "cell", "stage", "suite", "task", "prompt", "metric", "value",
@@ -166,16 +167,6 @@ def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _eai_metrics() -> dict[str, Any]:
     from harness.eval import eai_eval   # YAML only: the suite's names and metrics, no lm-eval
 
@@ -296,6 +287,21 @@ class _Collector:
             self.examples[(cell["run"], cell["cell"], row_suite, task, prompt)] = value
         return bool(rows) and len(keyed) == len(rows)
 
+    def add_finished(self, cell: Mapping[str, Any], suite: str, document: Mapping[str, Any],
+                     info: cells_lib.CellInfo, kind: str, label: str) -> None:
+        """A cell outside a grid (a result file, a run directory's eval/): done, with results."""
+        per_example = self.add_results(cell, suite, document)
+        self.cells.append({**cell, "suite": suite, "status": "done", "pair": info.pair,
+                           "architecture": info.architecture, "mtf": info.mtf, "kind": kind,
+                           "label": label, "error": None, "has_results": True,
+                           "per_example": per_example})
+
+    def add_run(self, run: str, path: pathlib.Path, scale: str, source: str) -> None:
+        """A run that is not a grid: no pretraining steps, no accelerator recorded."""
+        self.runs.append({"run": run, "path": str(path), "grid": "", "scale": scale,
+                          "scale_source": source, "pretrain_steps": None, "peak_tflops": None,
+                          "accelerator": None})
+
     def finish(self) -> RunData:
         frame = pd.DataFrame(self.frame, columns=list(FRAME_COLUMNS))
         for column in ("value", "stderr", "random", "tokens_seen"):
@@ -318,14 +324,8 @@ def _read_plain_file(path: pathlib.Path, parts: _Collector) -> None:
     cell = {"run": run, "scale": scale, "cell": name, "stage": path.name, "step": None,
             "tokens_seen": None, "seed": None, "group": f"{run}:{name}", "recipe": info.recipe,
             "point": info.point, "limit": (config.get("limit") if isinstance(config, dict) else None)}
-    per_example = parts.add_results(cell, "eai", document)
-    parts.cells.append({**cell, "suite": "eai", "status": "done", "pair": info.pair,
-                        "architecture": info.architecture, "mtf": info.mtf, "kind": "file",
-                        "label": name, "error": None, "has_results": True,
-                        "per_example": per_example})
-    parts.runs.append({"run": run, "path": str(path), "grid": "", "scale": scale,
-                       "scale_source": "none recorded", "pretrain_steps": None,
-                       "peak_tflops": None, "accelerator": None})
+    parts.add_finished(cell, "eai", document, info, "file", name)
+    parts.add_run(run, path, scale, "none recorded")
 
 
 def _read_run_dir(path: pathlib.Path, parts: _Collector) -> None:
@@ -349,14 +349,8 @@ def _read_run_dir(path: pathlib.Path, parts: _Collector) -> None:
                 "step": step, "tokens_seen": None, "seed": flat.get("train.seed"),
                 "group": f"{run}:{cell_name}", "recipe": info.recipe, "point": "",
                 "limit": meta.get("limit")}
-        per_example = parts.add_results(cell, suite, document)
-        parts.cells.append({**cell, "suite": suite, "status": "done", "pair": info.pair,
-                            "architecture": info.architecture, "mtf": info.mtf, "kind": "run",
-                            "label": cell_name, "error": None, "has_results": True,
-                            "per_example": per_example})
-    parts.runs.append({"run": run, "path": str(path), "grid": "", "scale": scale,
-                       "scale_source": "derived from config.json", "pretrain_steps": None,
-                       "peak_tflops": None, "accelerator": None})
+        parts.add_finished(cell, suite, document, info, "run", cell_name)
+    parts.add_run(run, path, scale, "derived from config.json")
 
 
 # ---------------------------------------------------------------------------------------- grids

@@ -94,13 +94,22 @@ def _random_line(ax: plt.Axes, entries: pd.DataFrame, scale: str, suite: str) ->
     return value
 
 
-def _figure_legend(figure: plt.Figure, ax: plt.Axes) -> None:
-    """One legend under the panels, out of the bars' way."""
-    handles, labels = ax.get_legend_handles_labels()
+def _suite_panel(ax: plt.Axes, entries: pd.DataFrame, scale: str, suite: str) -> None:
+    """An accuracy panel of one suite: its random baseline, title and axis."""
+    _random_line(ax, entries, scale, suite)
+    ax.set_title(reference.SUITE_TITLES[suite])
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_ylim(bottom=0)
+
+
+def _finish(figure: plt.Figure, axes, what: str, scale: str) -> None:
+    """One legend under the panels (out of the bars' way), the title with the scale, the layout."""
+    handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     figure.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique),
                   fontsize=7, frameon=False)
-    figure.subplots_adjust(bottom=0.2)
+    _title(figure, what, scale)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
 
 
 def figure4(entries: pd.DataFrame, scale: str) -> plt.Figure:
@@ -118,15 +127,10 @@ def figure4(entries: pd.DataFrame, scale: str) -> plt.Figure:
             values = [reference.paper_value(r, "1", suite) for r in recipes]
             ax.plot(x + offset, [np.nan if v is None else v for v in values],
                     label=reference.paper_label("1") if offset < 0 else None, **PAPER_STYLE)
-        _random_line(ax, entries, scale, suite)
+        _suite_panel(ax, entries, scale, suite)
         ax.set_xticks(x, [p.replace("_", ":").upper() for p in cells_lib.PAIRS])
-        ax.set_title(reference.SUITE_TITLES[suite])
-        ax.set_ylabel("average accuracy (%)")
-        ax.set_ylim(bottom=0)
-    _figure_legend(figure, axes[0])
-    _title(figure, "Figure 4 shape: architecture x objective, without and with multitask "
-                   "finetuning", scale)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    _finish(figure, axes, "Figure 4 shape: architecture x objective, without and with multitask "
+                          "finetuning", scale)
     return figure
 
 
@@ -276,17 +280,12 @@ def figure7(entries: pd.DataFrame, scale: str) -> plt.Figure:
         values = [reference.paper_value(r, p, suite) for r, p in recipes]
         ax.plot(x, [np.nan if v is None else v for v in values], label=reference.paper_label(
             "1+", mtf=True), **PAPER_STYLE)
-        _random_line(ax, entries, scale, suite)
+        _suite_panel(ax, entries, scale, suite)
         ax.set_xticks(x, ["CD:FLM > CD:MTF\n(end of pretraining)", "CD:FLM > CD:FLM\n> CD:MTF",
                           "CD:FLM > CD:FLM\n> ND:MTF", "CD:FLM > ND:MLM (NC-A)\n> ND:MTF"],
                       fontsize=7)
-        ax.set_title(reference.SUITE_TITLES[suite])
-        ax.set_ylabel("average accuracy (%)")
-        ax.set_ylim(bottom=0)
-    _figure_legend(figure, axes[0])
-    _title(figure, "Figure 7 shape: adaptation variants (continued CD:FLM vs non-causal MLM "
-                   "adaptation), then MTF", scale)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    _finish(figure, axes, "Figure 7 shape: adaptation variants (continued CD:FLM vs non-causal "
+                          "MLM adaptation), then MTF", scale)
     return figure
 
 
