@@ -231,7 +231,7 @@ def figure6(data: RunData, scale: str) -> plt.Figure:
     adapted = [] if curves.empty else list(
         curves[curves["kind"] == "adapt"].groupby(["run", "stage"], sort=False).groups)
     panels = max(len(adapted), 1)
-    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * max(panels, 2), 4), squeeze=False)
     ratios = speedups(data, scale)
     if not adapted:
         axes[0, 0].text(0.5, 0.5, "no adaptation stage with metrics in these runs",
@@ -249,6 +249,9 @@ def figure6(data: RunData, scale: str) -> plt.Figure:
         for i, (name, line) in enumerate(scratch.groupby("stage", sort=False)):
             ax.plot(line["tokens_seen"], line["loss"], color="0.45", marker=MARKERS[i + 1],
                     markersize=3, linestyle="--", label=f"from scratch: {name.upper()}")
+        if scratch.empty:
+            ax.text(0.02, 0.98, f"no {objective.upper()} run from scratch in {run}",
+                    transform=ax.transAxes, va="top", fontsize=7)
         notes = ratios[(ratios["run"] == run) & (ratios["adaptation"] == stage)]
         text = "\n".join(f"vs {r.scratch}: {r.speedup:.2f}x to loss {r.loss:.3f}"
                          for r in notes.itertuples(index=False) if np.isfinite(r.speedup))
