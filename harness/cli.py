@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 # Kept in sync with models.config (a test checks it); duplicated so --help needs no imports.
 ARCHITECTURES = ("cd", "nd", "ed")
-PRESETS = ("tiny", "small", "base", "large", "paper-decoder", "paper-encdec")
+PRESETS = ("tiny", "mini", "small", "base", "large", "paper-decoder", "paper-encdec")
 OBJECTIVES = ("flm", "plm", "mlm")
 SUITES = ("eai", "t0")  # harness/eval/evaluate.py
 # The study's six pretraining pairs (PAPER.md 1.2), in the paper's order.

@@ -170,6 +170,8 @@ def _check_positive_int(name: str, value: Any) -> None:
 _WIDTHS: dict[str, dict[str, int]] = {
     # The shared test fixture (STYLE.md B3): 2 layers, d_model 32, 2 heads, vocab 128 with sentinels.
     "tiny": dict(vocab_size=128, d_model=32, num_heads=2, head_dim=16, d_ff=64, num_layers=2),
+    # The laptop grid on the built-in world (experiments/tiny.yaml, objectives/WORLD.md).
+    "mini": dict(vocab_size=1152, d_model=128, num_heads=4, head_dim=32, d_ff=512, num_layers=4),
     # CPU benchmarks.
     "small": dict(vocab_size=32128, d_model=512, num_heads=6, head_dim=64, d_ff=1024, num_layers=8),
     "base": dict(vocab_size=32128, d_model=768, num_heads=12, head_dim=64, d_ff=2048, num_layers=12),

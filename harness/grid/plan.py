@@ -154,25 +154,27 @@ def world_directory(runs_root: str | os.PathLike, grid: GridSpec) -> pathlib.Pat
     from objectives import world as world_lib
 
     assert grid.world is not None
-    return pathlib.Path(runs_root) / "worlds" / world_lib.directory_name(grid.world.seed,
-                                                                          grid.world.size)
+    world_lib.resolve_size(grid.world.size)  # an unknown size fails here, before anything runs
+    return (pathlib.Path(runs_root) / "worlds"
+            / f"v{world_lib.VERSION}-seed{grid.world.seed}-{grid.world.size}")
 
 
 def with_world(grid: GridSpec, directory: pathlib.Path) -> GridSpec:
     """``grid`` with its data, vocabulary, finetuning mixture and evaluation suites pointed at the
     world in ``directory`` (``spec.WorldSpec``); keys the grid file sets itself are kept."""
     from objectives import world as world_lib
+    from objectives.world import writer
 
-    files = world_lib.files(directory)
-    base = {"data.source": str(files.corpus), "data.vocabulary": str(files.vocabulary),
-            **grid.base}
-    mtf_set = {"data.source": str(files.mtf), **grid.mtf_set}
+    base = {"data.source": str(directory / writer.CORPUS),
+            "data.vocabulary": str(directory / writer.VOCABULARY), **grid.base}
+    mtf_set = {"data.source": str(directory / writer.MTF_DIR), **grid.mtf_set}
     settings = grid.eval
     if settings.data_dir is None and not settings.fixtures:
-        settings = dataclasses.replace(settings, data_dir=str(files.eval))
+        settings = dataclasses.replace(settings, data_dir=str(directory / writer.EVAL_DIR))
     if settings.tasks is None:
+        tasks = {"eai": world_lib.EAI_TASKS, "t0": world_lib.T0_TASKS}
         settings = dataclasses.replace(settings, tasks=tuple(
-            task for suite in settings.suites for task in world_lib.eval_tasks(suite)))
+            task for suite in settings.suites for task in tasks[suite]))
     return dataclasses.replace(grid, base=base, mtf_set=mtf_set, eval=settings)
 
 

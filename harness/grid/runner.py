@@ -165,7 +165,7 @@ def write_world(plan: Plan, report: Callable[[str], None] = print) -> None:
 
     world = plan.grid.world
     assert world is not None and plan.world is not None
-    if world_lib.is_written(plan.world):
+    if world_lib.read_manifest(plan.world) is not None:
         return
     start = time.perf_counter()
     world_lib.write_world(plan.world, seed=world.seed, size=world.size)
@@ -254,15 +254,22 @@ def execute(plan: Plan, stage: Stage) -> None:
 
             checkpoint.update_config(stage.directory, {checkpoint.VOCABULARY_KEY: stage.vocabulary})
     else:
-        from harness.eval.evaluate import evaluate_checkpoint
+        from harness.eval.evaluate import evaluate_checkpoint, split_tasks
 
         upstream = plan.stages[stage.upstream]
         settings = plan.grid.eval
+        tasks = settings.tasks
+        if tasks is not None:  # one list for every suite: each stage takes its own suite's
+            tasks = split_tasks(list(dict.fromkeys([*settings.suites, stage.suite])),
+                                tasks).get(stage.suite)
+            if not tasks:
+                raise ValueError(f"eval.tasks {list(settings.tasks)}: none is a task of suite "
+                                 f"{stage.suite!r}; add one, or drop the suite from this cell")
         results = stage.directory / "results"
         if results.exists():  # an interrupted evaluation starts over; its results were partial
             shutil.rmtree(results)
         evaluate_checkpoint(upstream.directory, [stage.suite], step=stage.upstream_step,
-                            tasks=settings.tasks, limit=settings.limit,
+                            tasks=tasks, limit=settings.limit,
                             data_dir=settings.data_dir, fixtures=settings.fixtures,
                             batch_size=settings.batch_size, out_dir=results,
                             report=lambda line: None)

@@ -33,6 +33,9 @@ A chain is links joined by ``>``:
                      optimizer state, else the schedule continues from the branch step.
 ``ARCH_mtf``         multitask finetuning for ``mtf.steps`` steps (PAPER.md 1.3, 3.3).
 
+A step may be a percentage of ``pretrain.steps`` (``cd_flm > nd_mlm:130%+carry``), so that a
+variant with fewer steps keeps the chain's proportions.
+
 Templates: ``{pair}``, ``{arch}``, ``{obj}`` and ``{lm}`` (the language-modelling objective of
 ``{arch}``: ``flm`` for cd, ``plm`` for nd and ed), expanded over the lists in ``for`` (``all``
 means every pretraining pair). A cell evaluates its chain's last checkpoint on ``suites`` (default
@@ -205,9 +208,12 @@ def load_grid(path: str | pathlib.Path, overrides: Sequence[str] = (), *,
 
 def _apply_override(path: pathlib.Path, document: dict, entry: str) -> None:
     key, equals, text = str(entry).partition("=")
+    if equals and key in ("grid", "scale", "runs"):  # the grid file's own scalars
+        document[key] = text
+        return
     if not equals or "." not in key:
         raise ValueError(f"{path}: override {entry!r}: expected key=value with a dotted key, e.g. "
-                         "base.data.source=corpus.txt")
+                         "base.data.source=corpus.txt (or scale=..., runs=...)")
     value = yaml.safe_load(text)
     top, _, rest = key.partition(".")
     if top in ("base",):
@@ -307,7 +313,7 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
     cells: list[Cell] = []
     for index, entry in enumerate(cells_doc):
         cells.extend(_expand(f"cells[{index}]", entry, pairs, architectures, baselines,
-                             settings.suites))
+                             settings.suites, steps))
     return GridSpec(path=path, name=name, scale=str(document.get("scale", "unstated")),
                     runs=str(document.get("runs", "runs")), architectures=architectures,
                     base=base, pretrain_steps=steps, pairs=pairs, pair_sets=pair_sets,
@@ -320,7 +326,8 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
 
 
 def _expand(where: str, entry: Any, pairs: Mapping[str, Any], architectures: Mapping[str, Any],
-            baselines: Mapping[str, Any], default_suites: tuple[str, ...]) -> list[Cell]:
+            baselines: Mapping[str, Any], default_suites: tuple[str, ...],
+            pretrain_steps: int) -> list[Cell]:
     if isinstance(entry, str):
         entry = {"chain": entry}
     if not isinstance(entry, dict) or "chain" not in entry:
@@ -365,13 +372,13 @@ def _expand(where: str, entry: Any, pairs: Mapping[str, Any], architectures: Map
 
         chain_text = _TEMPLATE.sub(substitute, text)
         cells.append(Cell(chain=_chain(f"{where}.chain {chain_text!r}", chain_text, pairs,
-                                       architectures, baselines),
+                                       architectures, baselines, pretrain_steps),
                           suites=suites, source=chain_text))
     return cells
 
 
 def _chain(where: str, text: str, pairs: Mapping[str, Any], architectures: Mapping[str, Any],
-           baselines: Mapping[str, Any]) -> tuple[Link, ...]:
+           baselines: Mapping[str, Any], pretrain_steps: int) -> tuple[Link, ...]:
     parts = [part.strip() for part in text.split(">")]
     if not parts or not all(parts):
         raise ValueError(f"{where}: links joined by '>', e.g. 'cd_flm@131072 > nd_mtf'")
@@ -383,12 +390,13 @@ def _chain(where: str, text: str, pairs: Mapping[str, Any], architectures: Mappi
             raise ValueError(f"{where}: a baseline has one checkpoint; drop '@{at}'")
     elif first in pairs:
         arch, objective = _pair(where, first)
-        links.append(Link("pretrain", arch, objective, first, at=_step(where, at) if at else None))
+        links.append(Link("pretrain", arch, objective, first,
+                          at=_step(where, at, pretrain_steps) if at else None))
     else:
         raise ValueError(f"{where}: {first!r} is neither a pretraining pair ({list(pairs)}) nor "
                          f"a baseline ({list(baselines)}); add it to pretrain.pairs")
     for part in parts[1:]:
-        match = re.fullmatch(r"(\w+?)_(\w+?)(?::(\d+)(\+carry)?)?(?:@(\d+))?", part)
+        match = re.fullmatch(r"(\w+?)_(\w+?)(?::(\d+%?)(\+carry)?)?(?:@(\d+%?))?", part)
         if not match:
             raise ValueError(f"{where}: link {part!r}: expected ARCH_OBJ:STEP (adaptation) or "
                              "ARCH_mtf (multitask finetuning)")
@@ -404,8 +412,8 @@ def _chain(where: str, text: str, pairs: Mapping[str, Any], architectures: Mappi
         if objective == "mtf":
             if until:
                 raise ValueError(f"{where}: link {part!r}: MTF runs mtf.steps; drop ':{until}'")
-            links.append(Link("mtf", arch, "mtf", part.split("@")[0], at=_step(where, at)
-                              if at else None))
+            links.append(Link("mtf", arch, "mtf", part.split("@")[0],
+                              at=_step(where, at, pretrain_steps) if at else None))
             continue
         try:
             tasks.check_compatible(arch, objective)
@@ -414,8 +422,9 @@ def _chain(where: str, text: str, pairs: Mapping[str, Any], architectures: Mappi
         if not until:
             raise ValueError(f"{where}: link {part!r}: an adaptation needs its end step, e.g. "
                              f"{arch}_{objective}:171008")
-        links.append(Link("adapt", arch, objective, f"{arch}_{objective}", at=_step(where, at)
-                          if at else None, until=int(until), carry=bool(carry)))
+        links.append(Link("adapt", arch, objective, f"{arch}_{objective}",
+                          at=_step(where, at, pretrain_steps) if at else None,
+                          until=_step(where, until, pretrain_steps), carry=bool(carry)))
     return tuple(links)
 
 
@@ -512,9 +521,14 @@ def _count(where: str, value: Any) -> int:
     return value
 
 
-def _step(where: str, text: str) -> int:
+def _step(where: str, text: str, pretrain_steps: int) -> int:
+    """A global step: a number, or a percentage of ``pretrain.steps`` (``90%``, ``130%``), so
+    that a variant with fewer steps keeps a chain's proportions."""
+    if text.endswith("%") and text[:-1].isdigit():
+        return max(1, round(int(text[:-1]) * pretrain_steps / 100))
     if not text.isdigit():
-        raise ValueError(f"{where}: '@{text}' must be a step number")
+        raise ValueError(f"{where}: '@{text}' must be a step number or a percentage of "
+                         "pretrain.steps, e.g. @90%")
     return int(text)
 
 
