@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (README.md):
-#   make run    install if needed, then run the main job
+#   make run    install if needed, then run the main job (make quick: its few-minute variant)
 #   make test   install if needed, then run the test suite (what CI runs, via .ci/run)
 # The virtualenv lives in .venv; it is (re)installed whenever requirements.lock or setup.cfg change.
 
@@ -11,7 +11,7 @@ RUNS   ?= runs
 UV_VERSION := 0.13.9
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
-.PHONY: install run test test-all bench clean
+.PHONY: install run quick test test-all bench clean
 
 install: $(STAMP)
 
@@ -29,13 +29,16 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The main job. Until the grid runner lands this is the model's own end-to-end job: the study's
-# exact model sizes and FLOPs, then a training-step benchmark of every architecture on this machine.
+# The main job: the whole study at tiny scale on the built-in world (experiments/tiny.yaml):
+# six pretrainings, their adaptations and multitask finetunings, both evaluation suites on every
+# cell, then the report (runs/tiny/report/index.html). Progress and the time left are printed
+# throughout, where the time went at the end. Re-running it runs only what is missing.
+# `make quick` is the same grid with fewer steps, for a first look.
 run: install
-	$(VENV)/bin/archobj model info paper-decoder
-	$(VENV)/bin/archobj model info paper-encdec
-	$(VENV)/bin/archobj bench train --preset small --arch cd --arch nd --arch ed \
-	    --batch-size 2 --length 128 --inputs-length 96 --targets-length 32 --steps 3 --repeats 3
+	$(VENV)/bin/archobj grid experiments/tiny.yaml --runs $(RUNS) --report
+
+quick: install
+	$(VENV)/bin/archobj grid experiments/tiny.yaml --variant quick --runs $(RUNS) --report
 
 # pytest exits 5 when it collects nothing; make propagates any non-zero status, so that fails too.
 test: install

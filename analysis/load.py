@@ -41,6 +41,7 @@ import pandas as pd
 
 from analysis import cells as cells_lib
 from analysis import reference
+from harness.grid import state   # standard library only: status from events and locks
 from harness.train.config import flatten as _flatten   # JAX-free: the run config's dotted keys
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -142,14 +143,6 @@ def _discover(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
 
 
 # ------------------------------------------------------------------------------------- readers
-
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
-
 
 def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     try:
@@ -313,7 +306,7 @@ class _Collector:
 
 def _read_plain_file(path: pathlib.Path, parts: _Collector) -> None:
     """A plain lm-eval result file: one cell, named after the model if the file says, else the file."""
-    document = _read_json(path)
+    document = state.read_json(path)
     run = parts.run_name(path)
     config = document.get("config") or {}
     model = config.get("model_args") or config.get("model") or ""
@@ -331,7 +324,7 @@ def _read_plain_file(path: pathlib.Path, parts: _Collector) -> None:
 def _read_run_dir(path: pathlib.Path, parts: _Collector) -> None:
     """An ``archobj train`` run directory with ``archobj eval`` results under ``eval/step_N/``."""
     run = parts.run_name(path)
-    config = _read_json(path / "config.json")
+    config = state.read_json(path / "config.json")
     flat = _flatten(config.get("run") or {})
     scale = _derived_scale([flat])
     info = cells_lib.parse_cell(path.name, None)
@@ -339,7 +332,7 @@ def _read_run_dir(path: pathlib.Path, parts: _Collector) -> None:
         suite = results.stem
         if suite not in reference.SUITES:
             continue
-        document = _read_json(results)
+        document = state.read_json(results)
         meta = document.get("archobj") or {}
         step = meta.get("step")
         cell_name = f"{path.name}@{step}" if step is not None else path.name
@@ -371,7 +364,7 @@ class _Stage:
 
 def _grid_stages(grid: pathlib.Path) -> dict[str, _Stage]:
     """The grid's stages from ``index.json`` (the newest plan), else from its directories."""
-    index = _read_json(grid / "index.json")
+    index = state.read_json(grid / "index.json")
     stages: dict[str, _Stage] = {}
     for row in index.get("stages") or []:
         name = str(row.get("stage"))
@@ -413,7 +406,7 @@ def _checkpoint_stage(checkpoint: str, names: Iterable[str]) -> tuple[Optional[s
 
 def _grid_info(grid: pathlib.Path, stages: Mapping[str, _Stage]) -> dict[str, Any]:
     """Scale, pretraining steps and the accelerator's peak, from where they are recorded."""
-    index = _read_json(grid / "index.json")
+    index = state.read_json(grid / "index.json")
     configs = [s.config for s in stages.values() if s.config]
     pretrain = [c for c in configs if c.get("stage.kind") == "pretrain"]
     info: dict[str, Any] = {"scale": None, "scale_source": None, "peak_tflops": None,
@@ -515,7 +508,6 @@ def _group_key(stage: _Stage, by_dir: Mapping[str, _Stage], local_step: Optional
 
 
 def _read_grid(grid: pathlib.Path, parts: _Collector) -> None:
-    from harness.grid import state   # standard library only: status from events and locks
 
     run = parts.run_name(grid)
     stages = _grid_stages(grid)
@@ -523,9 +515,9 @@ def _read_grid(grid: pathlib.Path, parts: _Collector) -> None:
         status = state.stage_status(stage.directory)
         stage.status, stage.error = status.state, status.error
         stage.events = state.read_events(stage.directory)
-        stage.provenance = _read_json(stage.directory / "provenance.json")
+        stage.provenance = state.read_json(stage.directory / "provenance.json")
         if stage.kind == "train":
-            stage.config = _flatten((_read_json(stage.directory / "config.json").get("run") or {}))
+            stage.config = _flatten((state.read_json(stage.directory / "config.json").get("run") or {}))
             stage.metrics = _read_jsonl(stage.directory / "metrics.jsonl")
     by_dir = {s.directory.name: s for s in stages.values()}
     info = _grid_info(grid, stages)
@@ -582,7 +574,7 @@ def _read_grid(grid: pathlib.Path, parts: _Collector) -> None:
             seed = train.config.get("train.seed")
             group = _group_key(train, by_dir, local) + f":{suite}"
         results = stage.directory / "results" / f"{suite}.json"
-        document = _read_json(results) if results.is_file() else {}
+        document = state.read_json(results) if results.is_file() else {}
         limit = (document.get("archobj") or {}).get("limit")
         cell = {"run": run, "scale": scale, "cell": cell_name, "stage": stage.name,
                 "step": global_step, "tokens_seen": tokens, "seed": seed, "group": group,

@@ -304,7 +304,8 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
 def _run_local(args: argparse.Namespace, plan) -> int:
     """Runs the grid here: each replicate (``--seeds``) in turn in this one process, sharing its
-    imports, the built-in world and the compilation cache, then says where the time went."""
+    imports, the built-in world and the compilation cache; then, with ``--report``, the report of
+    every replicate; then says where the time went (also in ``<runs>/<grid>/timing.json``)."""
     import json
     import time
 
@@ -313,21 +314,28 @@ def _run_local(args: argparse.Namespace, plan) -> int:
     start = time.perf_counter()
     ledger = timing.Ledger()
     seeds = [args.seed] if args.seeds is None else list(range(args.seeds))
-    status = 0
+    status, roots = 0, []
     for seed in seeds:
-        if seed != args.seed or plan is None:
+        if seed != args.seed:
             plan = _grid_plan(args, seed)
             print(f"{plan.grid.name}: replicate seed {seed}", flush=True)
         summary = runner.run_plan(plan, args.only, retry_failed=args.retry_failed,
                                   report=lambda line: print(line, flush=True), ledger=ledger,
                                   compilation_cache=plan.root.parent / ".jax_cache")
         status = max(status, _finish(plan, summary))
+        roots.append(plan.root)
+    if args.report:
+        from analysis.report import write_report  # pandas and matplotlib; never JAX
+
+        with ledger.phase("report"):
+            index = write_report(roots, roots[0] / "report")
+        print(f"archobj report: wrote {index} and {index.with_suffix('.html')}", flush=True)
     total = time.perf_counter() - start
     if ledger.seconds:
         print(ledger.breakdown(total))
-        record = {**ledger.to_json(), "total_seconds": round(total, 3),
-                  "seeds": seeds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (plan.root / "timing.json").write_text(json.dumps(record, indent=2) + "\n")
+        record = {**ledger.to_json(), "total_seconds": round(total, 3), "seeds": seeds,
+                  "only": args.only, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (roots[0] / "timing.json").write_text(json.dumps(record, indent=2) + "\n")
     return status
 
 
@@ -577,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "slurm: resources, and exit")
     grid.add_argument("--explain", metavar="STAGE",
                       help="why STAGE is pending: the fields that changed, old and new value")
+    grid.add_argument("--report", action="store_true",
+                      help="then write the report of the grid (and its replicates) to "
+                           "<runs>/<grid>/report, as archobj report does")
     grid.add_argument("--seeds", type=int, metavar="N",
                       help="run N replicates of the grid, seeds 0..N-1, one after another "
                            "(local executor)")

@@ -282,7 +282,13 @@ def write_index(plan: Plan) -> None:
              "directory": stage.directory.name, "identity": stage.identity[:12],
              "cells": ", ".join(stage.cells)}
             for name, stage in plan.stages.items()]
-    state.write_index(plan.root, rows)
+    grid = plan.grid
+    state.write_index(plan.root, rows, grid={
+        "grid": grid.name, "grid_file": str(grid.path), "scale": grid.scale,
+        "pretrain_steps": grid.pretrain_steps, "seed": grid.seed, "variant": grid.variant,
+        "world": None if grid.world is None else {**dataclasses.asdict(grid.world),
+                                                  "directory": str(plan.world)},
+        "compute": dataclasses.asdict(grid.compute)})
 
 
 def _describe(stage: Stage) -> str:

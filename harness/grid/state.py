@@ -455,12 +455,15 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def write_index(grid_dir: PathArg, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes ``index.md`` (a table of ``INDEX_COLUMNS``) and ``index.json`` (the rows as given),
+def write_index(grid_dir: PathArg, rows: Sequence[Mapping[str, Any]],
+                grid: Optional[Mapping[str, Any]] = None) -> None:
+    """Writes ``index.md`` (a table of ``INDEX_COLUMNS``) and ``index.json`` (the rows as given,
+    after ``grid``: what the grid file says of itself, e.g. its scale, for readers of results),
     each replaced atomically; a row that JSON cannot hold leaves both as they were."""
     directory = pathlib.Path(grid_dir)
     stamp = _now()
-    document = json.dumps({"updated": stamp, "stages": [dict(row) for row in rows]},
+    document = json.dumps({**(grid or {}), "updated": stamp,
+                           "stages": [dict(row) for row in rows]},
                           indent=2, allow_nan=False) + "\n"
     lines = [f"# {directory.name}", "",
              f"Updated {stamp} by archobj grid; `archobj status` reads the stage directories.", "",
@@ -529,7 +532,8 @@ def environment() -> dict[str, Any]:
             "python": sys.version.split()[0]}
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
+def read_json(path: pathlib.Path) -> dict[str, Any]:
+    """A JSON object file's contents; {} when it is missing, unreadable or not an object."""
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -539,7 +543,7 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
 
 def _update_provenance(stage_dir: PathArg, **fields: Any) -> None:
     path = pathlib.Path(stage_dir) / PROVENANCE_FILE
-    _write_atomic(path, json.dumps({**_read_json(path), **fields}, indent=2) + "\n")
+    _write_atomic(path, json.dumps({**read_json(path), **fields}, indent=2) + "\n")
 
 
 def write_provenance(stage_dir: PathArg, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -555,7 +559,7 @@ def write_provenance(stage_dir: PathArg, record: Mapping[str, Any]) -> dict[str,
     directory = pathlib.Path(stage_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / PROVENANCE_FILE
-    times = {key: value for key, value in _read_json(path).items() if key in PROVENANCE_OWN[1:]}
+    times = {key: value for key, value in read_json(path).items() if key in PROVENANCE_OWN[1:]}
     document = {**record, "environment": environment(), **times}
     _write_atomic(path, json.dumps(document, indent=2) + "\n")
     return document
