@@ -137,6 +137,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
                         vocabulary: Optional[str] = None, batch_size: int = 8,
                         mesh: Optional[tuple[int, int]] = None, dtype: Optional[str] = None,
                         out_dir: Optional[str | os.PathLike] = None,
+                        bootstrap_iters: Optional[int] = None,
                         report: Callable[[str], None] = print) -> list[SuiteResult]:
     """Evaluates ``checkpoint`` on ``suites``; see the module docstring.
 
@@ -157,6 +158,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         (a model larger than one device); None: one device.
       dtype: compute dtype instead of the checkpoint's (e.g. "float32" for a bfloat16 model).
       out_dir: where to write; default ``<checkpoint>/eval/<results_dir_name(...)>``.
+      bootstrap_iters: lm-eval's bootstrap draws for the EAI-Eval stderrs without a closed form
+        (F1, perplexity; 0 drops every lm-eval stderr, as a grid may when its report bootstraps
+        the per-example scores itself); None for lm-eval's 1000.
       report: receives progress lines and the summary tables.
 
     Returns:
@@ -193,8 +197,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         else:
             lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()
+        options = ({"bootstrap_iters": bootstrap_iters}
+                   if suite == "eai" and bootstrap_iters is not None else {})
         raw = module.evaluate(lm, data_dir=_data_dir(suite, data_dir, fixtures),
-                              tasks=suite_tasks, limit=limit)
+                              tasks=suite_tasks, limit=limit, **options)
         seconds = time.perf_counter() - start
         raw["archobj"] = {
             "checkpoint": str(checkpoint), "step": step, "suite": suite,

@@ -255,6 +255,8 @@ def _stage(grid: GridSpec, root: pathlib.Path, node: Mapping[str, Any],
         settings = dataclasses.asdict(grid.eval)
         settings.pop("suites")
         settings.pop("batch_size")  # rows per call: the same scores
+        if settings["bootstrap_iters"] is None:  # lm-eval's default: hashed as before it existed
+            settings.pop("bootstrap_iters")
         identity = _hash({"kind": "eval", "suite": node["suite"], "checkpoint": upstream.identity,
                           "step": step, "settings": settings})
         return Stage(name=node["name"], kind="eval", identity=identity,
@@ -314,7 +316,8 @@ def identity_record(plan: Plan, name: str) -> dict[str, Any]:
     if stage.suite is not None:
         record["suite"] = stage.suite
         record["eval"] = {k: v for k, v in dataclasses.asdict(plan.grid.eval).items()
-                          if k not in ("suites", "batch_size")}
+                          if k not in ("suites", "batch_size")
+                          and not (k == "bootstrap_iters" and v is None)}
     if stage.source is not None:
         record["source"] = stage.source
     return record

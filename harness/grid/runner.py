@@ -272,6 +272,7 @@ def execute(plan: Plan, stage: Stage) -> None:
                             tasks=tasks, limit=settings.limit,
                             data_dir=settings.data_dir, fixtures=settings.fixtures,
                             batch_size=settings.batch_size, out_dir=results,
+                            bootstrap_iters=settings.bootstrap_iters,
                             report=lambda line: None)
 
 

@@ -99,6 +99,7 @@ class EvalSettings:
     data_dir: Optional[str] = None
     limit: Optional[int] = None
     batch_size: int = 8
+    bootstrap_iters: Optional[int] = None     # EAI-Eval: lm-eval's stderr draws (None: 1000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +274,13 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
     _only(mtf, "mtf", ("steps", "set"))
 
     eval_doc = _mapping(document, "eval", {})
-    _only(eval_doc, "eval", ("suites", "tasks", "fixtures", "data_dir", "limit", "batch_size"))
+    _only(eval_doc, "eval", ("suites", "tasks", "fixtures", "data_dir", "limit", "batch_size",
+                             "bootstrap_iters"))
+    bootstrap_iters = eval_doc.get("bootstrap_iters")
+    if bootstrap_iters is not None and (isinstance(bootstrap_iters, bool) or not isinstance(
+            bootstrap_iters, int) or bootstrap_iters < 0):
+        raise ValueError(f"eval.bootstrap_iters={bootstrap_iters!r}: a number of draws >= 0 "
+                         "(0: no lm-eval stderrs)")
     tasks_value = eval_doc.get("tasks")
     if tasks_value is not None and (not isinstance(tasks_value, list) or not tasks_value):
         raise ValueError(f"eval.tasks={tasks_value!r}: a list of task names, or leave it out")
@@ -282,7 +289,8 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
         tasks=None if tasks_value is None else tuple(str(t) for t in tasks_value),
         fixtures=bool(eval_doc.get("fixtures", False)), data_dir=eval_doc.get("data_dir"),
         limit=eval_doc.get("limit"), batch_size=_count("eval.batch_size",
-                                                       eval_doc.get("batch_size", 8)))
+                                                       eval_doc.get("batch_size", 8)),
+        bootstrap_iters=bootstrap_iters)
     compute_doc = _mapping(document, "compute", {})
     _only(compute_doc, "compute", ("accelerator", "peak_tflops", "mfu"))
     compute = Compute(**compute_doc)
