@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from harness.eval import t0_eval
-from harness.eval.t0_eval import (FIXTURE_DIR, T0EvalError, aggregate, encode_row, evaluate,
-                             find_dataset, load_examples, resolve_tasks, summarize)
+from harness.eval.t0_eval import (FIXTURE_DIR, T0EvalError, aggregate, encode_row, eval_templates,
+                             evaluate, find_dataset, load_examples, resolve_tasks, summarize)
 from harness.eval.t0_eval_fixture import fixture_examples, make_fixture
 from helpers import assert_one_line_error
 
@@ -240,6 +240,22 @@ def test_limit_takes_the_first_examples():
     assert copa["_As_a_result_C1_or_C2_"]["num_not_rendered"] == 1
     assert copa["best_option"]["num_scored"] == 2
     assert not results["aggregate"]["complete"]
+
+
+def test_max_prompts_scores_an_even_spread_of_each_datasets_prompts():
+    from harness.eval.t0_eval import prompt_subset
+
+    assert prompt_subset(list("abcdefghijkl"), 4) == list("aehl")   # first, last, evenly between
+    assert prompt_subset(list("abcd"), 4) == list("abcd") and prompt_subset(list("ab"), 1) == ["a"]
+    assert prompt_subset(list("abc"), None) == list("abc")
+    results = evaluate(FakeLM(lambda i, t: -float(len(t))), data_dir=FIXTURE_DIR,
+                       tasks="copa,hellaswag", max_prompts=3)
+    assert results["config"]["max_prompts"] == 3
+    for name in ("copa", "hellaswag"):
+        every = [prompt for prompt, _ in eval_templates(name)]
+        assert list(results["datasets"][name]["prompts"]) == prompt_subset(every, 3)
+    with pytest.raises(ValueError, match="max_prompts=0"):
+        evaluate(FakeLM(lambda i, t: 0.0), data_dir=FIXTURE_DIR, tasks="copa", max_prompts=0)
 
 
 # -- aggregation and summary ------------------------------------------------------------------

@@ -138,6 +138,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
                         mesh: Optional[tuple[int, int]] = None, dtype: Optional[str] = None,
                         out_dir: Optional[str | os.PathLike] = None,
                         bootstrap_iters: Optional[int] = None,
+                        max_prompts: Optional[int] = None,
                         report: Callable[[str], None] = print) -> list[SuiteResult]:
     """Evaluates ``checkpoint`` on ``suites``; see the module docstring.
 
@@ -161,6 +162,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
       bootstrap_iters: lm-eval's bootstrap draws for the EAI-Eval stderrs without a closed form
         (F1, perplexity; 0 drops every lm-eval stderr, as a grid may when its report bootstraps
         the per-example scores itself); None for lm-eval's 1000.
+      max_prompts: T0-Eval: at most this many prompts per dataset (``t0_eval.prompt_subset``);
+        None for all of them, as the study.
       report: receives progress lines and the summary tables.
 
     Returns:
@@ -198,7 +201,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
             lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()
         options = ({"bootstrap_iters": bootstrap_iters}
-                   if suite == "eai" and bootstrap_iters is not None else {})
+                   if suite == "eai" and bootstrap_iters is not None else
+                   {"max_prompts": max_prompts} if suite == "t0" and max_prompts is not None
+                   else {})
         raw = module.evaluate(lm, data_dir=_data_dir(suite, data_dir, fixtures),
                               tasks=suite_tasks, limit=limit, **options)
         seconds = time.perf_counter() - start

@@ -525,10 +525,21 @@ def _check_lengths(lm: Any, inputs_length: int, targets_length: int) -> None:
             "targets_length to evaluate)")
 
 
+def prompt_subset(prompts: Sequence[Any], max_prompts: int | None) -> list[Any]:
+    """At most ``max_prompts`` of a dataset's prompts, spread evenly over its sorted list (always
+    the first and, from two on, the last); all of them when None or when there are no more."""
+    if max_prompts is None or len(prompts) <= max_prompts:
+        return list(prompts)
+    if max_prompts == 1:
+        return [prompts[0]]
+    step = (len(prompts) - 1) / (max_prompts - 1)
+    return [prompts[round(i * step)] for i in range(max_prompts)]
+
+
 def evaluate(lm: Any, *, data_dir: str | os.PathLike | None = None,
              tasks: str | Sequence[str] | None = None, limit: int | None = None,
              inputs_length: int = INPUTS_LENGTH, targets_length: int = TARGETS_LENGTH,
-             ) -> dict[str, Any]:
+             max_prompts: int | None = None) -> dict[str, Any]:
     """Scores T0-Eval by rank classification with ``lm``.
 
     Every row of a dataset (all its prompts, examples and choices) goes to ONE
@@ -543,6 +554,9 @@ def evaluate(lm: Any, *, data_dir: str | os.PathLike | None = None,
       tasks: dataset names (``T0_EVAL_TASKS``, or ``anli``); None for all 11.
       limit: the first ``limit`` examples of each dataset; None for all.
       inputs_length, targets_length: the feature lengths (the study's 1024 / 256).
+      max_prompts: score at most this many prompts per dataset (``prompt_subset``), for budgets
+        that cannot pay for all 116; None (the study) scores every prompt. Recorded in the
+        results' config.
 
     Returns:
       JSON-serialisable raw results (``summarize`` reads them)::
@@ -566,6 +580,10 @@ def evaluate(lm: Any, *, data_dir: str | os.PathLike | None = None,
     """
     selected = resolve_tasks(tasks)
     _check_limit(limit)
+    if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(
+            max_prompts, int) or max_prompts < 1):
+        raise T0EvalError(f"max_prompts={max_prompts!r}: a positive number of prompts per "
+                          "dataset, or None for all of them")
     _check_lm(lm)
     _check_lengths(lm, inputs_length, targets_length)
     # Read every selected dataset first, so that missing data fails before any scoring.
@@ -573,14 +591,14 @@ def evaluate(lm: Any, *, data_dir: str | os.PathLike | None = None,
     results: dict[str, Any] = {}
     for dataset in selected:
         results[dataset.name] = _evaluate_dataset(lm, dataset, examples[dataset.name],
-                                                  inputs_length, targets_length)
+                                                  inputs_length, targets_length, max_prompts)
     medians = {name: r["median_accuracy"] for name, r in results.items()}
     return {
         "suite": SUITE,
         "config": {"tasks": [d.name for d in selected], "limit": limit,
                    "data_dir": None if data_dir is None else str(data_dir),
                    "inputs_length": inputs_length, "targets_length": targets_length,
-                   "promptsource": _promptsource_version()},
+                   "max_prompts": max_prompts, "promptsource": _promptsource_version()},
         "datasets": results,
         "aggregate": _aggregate_medians(medians),
     }
@@ -596,7 +614,8 @@ def _promptsource_version() -> str | None:
 
 
 def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, Any]],
-                      inputs_length: int, targets_length: int) -> dict[str, Any]:
+                      inputs_length: int, targets_length: int,
+                      max_prompts: int | None = None) -> dict[str, Any]:
     start_time = time.perf_counter()
     eos = int(lm.eot_token_id)
     # Choices repeat ("Yes", "No"): tokenized once, and their rows share one target list. The
@@ -614,7 +633,7 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
     plans = []  # per prompt: (name, template name, [(example index, first row, choices, golds)], counts)
     truncated_inputs = truncated_targets = 0
     with _compiled_once():
-        for prompt, template in eval_templates(dataset):
+        for prompt, template in prompt_subset(eval_templates(dataset), max_prompts):
             entries, not_rendered, no_gold = [], 0, 0
             for index, example in enumerate(examples):
                 try:

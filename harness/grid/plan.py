@@ -255,8 +255,9 @@ def _stage(grid: GridSpec, root: pathlib.Path, node: Mapping[str, Any],
         settings = dataclasses.asdict(grid.eval)
         settings.pop("suites")
         settings.pop("batch_size")  # rows per call: the same scores
-        if settings["bootstrap_iters"] is None:  # lm-eval's default: hashed as before it existed
-            settings.pop("bootstrap_iters")
+        for key in ("bootstrap_iters", "max_prompts"):  # unset: hashed as before they existed
+            if settings[key] is None:
+                settings.pop(key)
         identity = _hash({"kind": "eval", "suite": node["suite"], "checkpoint": upstream.identity,
                           "step": step, "settings": settings})
         return Stage(name=node["name"], kind="eval", identity=identity,
@@ -317,7 +318,7 @@ def identity_record(plan: Plan, name: str) -> dict[str, Any]:
         record["suite"] = stage.suite
         record["eval"] = {k: v for k, v in dataclasses.asdict(plan.grid.eval).items()
                           if k not in ("suites", "batch_size")
-                          and not (k == "bootstrap_iters" and v is None)}
+                          and not (k in ("bootstrap_iters", "max_prompts") and v is None)}
     if stage.source is not None:
         record["source"] = stage.source
     return record

@@ -273,6 +273,7 @@ def execute(plan: Plan, stage: Stage) -> None:
                             data_dir=settings.data_dir, fixtures=settings.fixtures,
                             batch_size=settings.batch_size, out_dir=results,
                             bootstrap_iters=settings.bootstrap_iters,
+                            max_prompts=settings.max_prompts,
                             report=lambda line: None)
 
 

@@ -100,6 +100,7 @@ class EvalSettings:
     limit: Optional[int] = None
     batch_size: int = 8
     bootstrap_iters: Optional[int] = None     # EAI-Eval: lm-eval's stderr draws (None: 1000)
+    max_prompts: Optional[int] = None         # T0-Eval: prompts per dataset (None: all, 116)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +276,7 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
 
     eval_doc = _mapping(document, "eval", {})
     _only(eval_doc, "eval", ("suites", "tasks", "fixtures", "data_dir", "limit", "batch_size",
-                             "bootstrap_iters"))
+                             "bootstrap_iters", "max_prompts"))
     bootstrap_iters = eval_doc.get("bootstrap_iters")
     if bootstrap_iters is not None and (isinstance(bootstrap_iters, bool) or not isinstance(
             bootstrap_iters, int) or bootstrap_iters < 0):
@@ -290,7 +291,9 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
         fixtures=bool(eval_doc.get("fixtures", False)), data_dir=eval_doc.get("data_dir"),
         limit=eval_doc.get("limit"), batch_size=_count("eval.batch_size",
                                                        eval_doc.get("batch_size", 8)),
-        bootstrap_iters=bootstrap_iters)
+        bootstrap_iters=bootstrap_iters,
+        max_prompts=None if eval_doc.get("max_prompts") is None else _count(
+            "eval.max_prompts", eval_doc["max_prompts"]))
     compute_doc = _mapping(document, "compute", {})
     _only(compute_doc, "compute", ("accelerator", "peak_tflops", "mfu"))
     compute = Compute(**compute_doc)
