@@ -13,8 +13,10 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj train [CONFIG.yaml] [--set key=value ...]  run or resume one training stage
     archobj eval CHECKPOINT --suite {eai,t0} [--tasks ...] [--limit N] [--data-dir DIR]
                                                 zero-shot EAI-Eval / T0-Eval, results in the run dir
+    archobj world write DIR [--seed S] [--size NAME]   the built-in world (objectives/world)
     archobj grid FILE [--only REGEX] [--dry-run] [--retry-failed] [--explain STAGE]
-                 [--executor {local,slurm}] [--stage STAGE]
+                 [--executor {local,slurm}] [--stage STAGE] [--variant NAME]
+                 [--seed N | --seeds N] [--report]
                                                 plan and run a study grid (experiments/*.yaml)
     archobj cell FILE CELL [--force]            re-run one cell of a grid
     archobj status FILE                         the grid's status table, from disk
@@ -380,6 +382,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_world_write(args: argparse.Namespace) -> int:
+    from objectives.world import cli_write  # the generator: no JAX, no TensorFlow
+
+    return cli_write(args.out_dir, args.seed, args.size)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report  # pandas and matplotlib; never JAX
 
@@ -568,6 +576,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--verbose", action="store_true",
                             help="show lm-eval's own warnings and notices")
     evaluation.set_defaults(handler=_cmd_eval)
+
+    world = commands.add_parser(
+        "world", help="the built-in world the tiny grid trains and evaluates on (no downloads)")
+    world_commands = world.add_subparsers(dest="world_command", required=True)
+    world_write = world_commands.add_parser(
+        "write", help="write a world's corpus, finetuning mixture, held-out suites and tokenizer "
+                      "into DIR (a no-op when DIR holds it already)")
+    world_write.add_argument("out_dir", metavar="DIR")
+    world_write.add_argument("--seed", type=int, default=0, help="the world's seed (default 0)")
+    world_write.add_argument("--size", default="default",
+                             help="'default' (the tiny grid's) or 'test' (seconds, for tests)")
+    world_write.set_defaults(handler=_cmd_world_write)
 
     grid = commands.add_parser(
         "grid", help="plan and run a study grid: missing stages in dependency order, each once")

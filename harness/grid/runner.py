@@ -153,7 +153,10 @@ def prepare(plan: Plan, ledger: timing.Ledger, report: Callable[[str], None] = p
             write_world(plan, report)
     with ledger.phase("start-up (imports)"):
         import harness.train.loop  # noqa: F401  JAX, Flax, orbax
-        import objectives.tasks  # noqa: F401  seqio, TensorFlow
+        import objectives.tasks  # noqa: F401  seqio
+        from harness.train.data import hide_gpus_from_tensorflow
+
+        hide_gpus_from_tensorflow()  # TensorFlow itself (~10 s), which seqio imports lazily
     if compilation_cache is not None:
         timing.enable_compilation_cache(compilation_cache)
     ledger.listen_to_compiles()
