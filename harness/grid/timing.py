@@ -150,20 +150,25 @@ class Estimator:
             self.evals[suite or ""].append(seconds)
 
     def _train_fit(self) -> tuple[float, float]:
-        """(overhead seconds, seconds per FLOP): a least-squares line through the finished training
-        stages once their FLOPs differ, else the prior throughput through their mean overhead."""
-        if len({round(f) for f, _ in self.train}) >= 2:
-            flops = [f for f, _ in self.train]
-            seconds = [s for _, s in self.train]
+        """(overhead seconds, seconds per FLOP) from the finished training stages.
+
+        A least-squares line once their FLOPs differ at least twofold (a pretraining and a
+        finetuning), its slope kept within a factor 2 of their mean seconds per FLOP: stages of
+        nearly equal FLOPs say little about the slope, and their noise must not blow it up.
+        Before that, the mean seconds per FLOP with no overhead; before anything, the prior.
+        """
+        if not self.train:
+            return self.stage_overhead, 1.0 / self.flops_per_second
+        flops = [f for f, _ in self.train]
+        seconds = [s for _, s in self.train]
+        mean_rate = sum(seconds) / max(sum(flops), 1.0)
+        if min(flops) > 0 and max(flops) >= 2 * min(flops):
             mean_f, mean_s = statistics.fmean(flops), statistics.fmean(seconds)
             var = sum((f - mean_f) ** 2 for f in flops)
             slope = sum((f - mean_f) * (s - mean_s) for f, s in self.train) / var
-            if slope > 0:
-                return max(0.0, mean_s - slope * mean_f), slope
-        slope = 1.0 / self.flops_per_second
-        if self.train:
-            return max(0.0, statistics.fmean(s - f * slope for f, s in self.train)), slope
-        return self.stage_overhead, slope
+            slope = min(max(slope, 0.5 * mean_rate), 2.0 * mean_rate)
+            return max(0.0, mean_s - slope * mean_f), slope
+        return 0.0, mean_rate
 
     def seconds(self, kind: str, *, flops: float = 0.0, suite: Optional[str] = None) -> float:
         if kind == "train":
