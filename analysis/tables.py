@@ -177,10 +177,18 @@ def format_entry(entry: Optional[Mapping[str, Any]]) -> str:
     return text
 
 
-def _lookup(entries: pd.DataFrame, scale: str, recipe: str, point: str, suite: str):
+def _lookup(entries: pd.DataFrame, scale: str, recipe: str, point: Optional[str], suite: str):
+    """Our entry for ``recipe`` at ``point`` (None: at any point) in ``suite``, or None."""
     hit = entries[(entries["scale"] == scale) & (entries["recipe"] == recipe) &
-                  (entries["point"] == point) & (entries["suite"] == suite)]
+                  (entries["suite"] == suite)]
+    if point is not None:
+        hit = hit[hit["point"] == point]
     return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def _is_adaptation(recipe: str) -> bool:
+    """A recipe that changes objective or architecture before any MTF (LM-A, NC-A)."""
+    return len([link for link in recipe.split(" > ") if not link.endswith("_mtf")]) >= 2
 
 
 def caption(scale: str, replicates: int, extra: str = "") -> str:
@@ -190,7 +198,8 @@ def caption(scale: str, replicates: int, extra: str = "") -> str:
             + " Marks: * parametric interval (no per-example scores); † evaluation limited to a "
               "few examples per task (a smoke run, not the suite's numbers); ‡ not every task of "
               "the suite; '— (status)' a cell of the grid without results; 'missing' not in the "
-              "grid." + (f" {extra}" if extra else ""))
+              "grid; § the paper's adaptation recipe taken at another point of pretraining "
+              "than the paper's row (its tokens seen say where)." + (f" {extra}" if extra else ""))
 
 
 def paper_table(name: str, entries: pd.DataFrame, scale: str, replicates: int) -> Table:
@@ -236,11 +245,18 @@ def paper_table(name: str, entries: pd.DataFrame, scale: str, replicates: int) -
                          **{f"{s}_paper": item["paper"].get(s, np.nan) / 100 for s in suites}})
             continue
         found = {suite: _lookup(entries, scale, recipe, point, suite) for suite in suites}
+        moved = False
+        if all(e is None for e in found.values()) and _is_adaptation(recipe):
+            # The same adaptation recipe taken at another point of pretraining (tiny.yaml's LM-A
+            # branches from the end, the paper's from 38B of 168B): shown, and marked §.
+            found = {suite: _lookup(entries, scale, recipe, None, suite) for suite in suites}
+            moved = any(e is not None for e in found.values())
         any_entry = next((e for e in found.values() if e is not None), None)
         tokens = any_entry.get("tokens_seen") if any_entry else None
         line = [item["row"] + ("" if item["table"] == name or name != "Table 8"
                                else f" ({item['table']})"),
-                item["tokens"], any_entry["cell"] if any_entry else "missing",
+                item["tokens"],
+                (any_entry["cell"] + (" §" if moved else "")) if any_entry else "missing",
                 _si(tokens) if tokens is not None and pd.notna(tokens) else ""]
         record = {"row": item["row"], "recipe": recipe, "point": point,
                   "cell": any_entry["cell"] if any_entry else None, "tokens_seen": tokens}
