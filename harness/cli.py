@@ -249,6 +249,12 @@ def _grid_plan(args: argparse.Namespace, seed: Optional[int] = None):
     from harness.grid.spec import load_grid
 
     _quiet_evaluation()  # the stages' progress is the runner's lines, not lm-eval's notices
+    import os
+
+    # ... nor the per-task progress bars of lm-eval and Hugging Face datasets (tqdm reads
+    # TQDM_DISABLE when a bar is made; datasets reads its variable on import).
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     grid = load_grid(args.file, args.set or (), variant=args.variant,
                      seed=args.seed if seed is None else seed)
     return make_plan(grid, runs=args.runs)
