@@ -12,9 +12,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny.yaml"
 
+# Two cells, 6 + 2 steps, the test-sized world, a few tasks of each suite (one prompt each for
+# T0-Eval): every code path of the main job, in about two minutes.
 REDUCED = ["--variant", "quick", "--set", "world.size=test", "--set", "pretrain.steps=6",
-           "--set", "mtf.steps=2", "--set", "eval.limit=6", "--set", "base.train.batch_size=8",
-           "--set", "mtf.set.train.batch_size=8",
+           "--set", "mtf.steps=2", "--set", "eval.limit=6", "--set", "eval.max_prompts=1",
+           "--set", "eval.tasks=[copa, hellaswag, rte, wic, lambada_openai, boolq]",
+           "--set", "base.train.batch_size=8", "--set", "mtf.set.train.batch_size=8",
            "--only", r"^(cd_flm_6|cd_flm_6-cd_mtf_8)$"]
 
 
