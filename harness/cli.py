@@ -313,7 +313,8 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 def _run_local(args: argparse.Namespace, plan) -> int:
     """Runs the grid here: each replicate (``--seeds``) in turn in this one process, sharing its
     imports, the built-in world and the compilation cache; then, with ``--report``, the report of
-    every replicate; then says where the time went (also in ``<runs>/<grid>/timing.json``)."""
+    every replicate; then says where the time went (one record per invocation appended to
+    ``<runs>/<grid>/timing.jsonl``: a later run never rewrites an earlier run's record)."""
     import json
     import time
 
@@ -343,7 +344,8 @@ def _run_local(args: argparse.Namespace, plan) -> int:
         print(ledger.breakdown(total))
         record = {**ledger.to_json(), "total_seconds": round(total, 3), "seeds": seeds,
                   "only": args.only, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (roots[0] / "timing.json").write_text(json.dumps(record, indent=2) + "\n")
+        with open(roots[0] / "timing.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
     return status
 
 

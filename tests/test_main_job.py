@@ -52,7 +52,8 @@ def test_reduced_tiny_grid_runs_end_to_end_and_reports(tmp_path):
     index = (grid / "report" / "index.md").read_text()
     assert "tiny scale" in index and "built-in world" in index
     assert (grid / "report" / "index.html").is_file()
-    timing = json.loads((grid / "timing.json").read_text())
+    (line,) = (grid / "timing.jsonl").read_text().splitlines()
+    timing = json.loads(line)
     assert {"training", "evaluation (eai)", "evaluation (t0)", "report",
             "start-up (imports)", "world (generate once)"} <= set(timing["seconds"])
     assert timing["compile_seconds"]["training"] > 0
@@ -61,3 +62,6 @@ def test_reduced_tiny_grid_runs_end_to_end_and_reports(tmp_path):
     # A second run has nothing left to do.
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "done in" not in again.stdout
+    # ... and its record is added to the first run's, which stays as it was.
+    first, second = (grid / "timing.jsonl").read_text().splitlines()
+    assert first == line and "training" not in json.loads(second)["seconds"]
