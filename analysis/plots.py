@@ -231,7 +231,13 @@ def figure6(data: RunData, scale: str) -> plt.Figure:
     adapted = [] if curves.empty else list(
         curves[curves["kind"] == "adapt"].groupby(["run", "stage"], sort=False).groups)
     panels = max(len(adapted), 1)
-    figure, axes = plt.subplots(1, panels, figsize=(5.5 * max(panels, 2), 4), squeeze=False)
+    columns = min(panels, 4)             # rows of four: a grid with replicates has many panels
+    rows = -(-panels // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(5.5 * max(columns, 2), 4 * rows),
+                                squeeze=False)
+    for ax in grid.flat[panels:]:
+        ax.set_axis_off()
+    axes = grid.reshape(1, -1)
     ratios = speedups(data, scale)
     if not adapted:
         axes[0, 0].text(0.5, 0.5, "no adaptation stage with metrics in these runs",
