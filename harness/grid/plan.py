@@ -252,14 +252,8 @@ def _stage(grid: GridSpec, root: pathlib.Path, node: Mapping[str, Any],
     if node["kind"] == "eval":
         upstream = stages[node["upstream"]]
         step = None if node["at"] is None else node["at"] - upstream.global_start
-        settings = dataclasses.asdict(grid.eval)
-        settings.pop("suites")
-        settings.pop("batch_size")  # rows per call: the same scores
-        for key in ("bootstrap_iters", "max_prompts"):  # unset: hashed as before they existed
-            if settings[key] is None:
-                settings.pop(key)
         identity = _hash({"kind": "eval", "suite": node["suite"], "checkpoint": upstream.identity,
-                          "step": step, "settings": settings})
+                          "step": step, "settings": _eval_identity(grid)})
         return Stage(name=node["name"], kind="eval", identity=identity,
                      directory=root / f"{node['name']}-{identity[:SHORT_ID]}",
                      upstream=upstream.name, upstream_step=step, suite=node["suite"],
@@ -316,12 +310,19 @@ def identity_record(plan: Plan, name: str) -> dict[str, Any]:
         record["config"] = {k: v for k, v in flat.items() if k not in NOT_IN_IDENTITY}
     if stage.suite is not None:
         record["suite"] = stage.suite
-        record["eval"] = {k: v for k, v in dataclasses.asdict(plan.grid.eval).items()
-                          if k not in ("suites", "batch_size")
-                          and not (k in ("bootstrap_iters", "max_prompts") and v is None)}
+        record["eval"] = _eval_identity(plan.grid)
     if stage.source is not None:
         record["source"] = stage.source
     return record
+
+
+def _eval_identity(grid: GridSpec) -> dict[str, Any]:
+    """The evaluation settings an eval stage's identity hashes: not the suites (each stage is one)
+    nor the batch size (rows per call: the same scores); the optional settings only when set, so
+    grids that leave them unset keep the identities they had before the settings existed."""
+    return {key: value for key, value in dataclasses.asdict(grid.eval).items()
+            if key not in ("suites", "batch_size")
+            and not (key in ("bootstrap_iters", "max_prompts") and value is None)}
 
 
 def _hash(record: Mapping[str, Any]) -> str:
