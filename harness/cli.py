@@ -4,8 +4,10 @@ Every subcommand imports its heavy dependencies (JAX, orbax, torch, TensorFlow) 
 so ``archobj --help`` answers at once and never imports TensorFlow.
 
     archobj model info PRESET [--arch A]        exact parameter count and training FLOPs per token
+    archobj bench [--quick] [--out DIR]         every benchmark below, recorded in DIR (bench/)
     archobj bench train [--preset P] [--arch A]   time the training step (PERF.md protocol)
     archobj bench eval [--quick]                loglikelihood requests/s: archobj vs lm-eval's HF
+    archobj bench data [--shape S]              each pipeline against the step it feeds
     archobj convert hf-t5 SRC_DIR DST_DIR       Hugging Face T5 / T5-LM / T0 checkpoint -> archobj
     archobj data preview --arch A --objective O --source PATH --vocab V   what the model is fed
     archobj data bench --source PATH --vocab V  input-pipeline throughput per objective
@@ -86,39 +88,92 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_train(args: argparse.Namespace) -> int:
-    from harness.bench.train_bench import run_benchmark
+def _bench_train(args: argparse.Namespace, log=print):
+    """``archobj bench train``: the chosen presets x architectures (default: the suite's)."""
+    from harness.bench.train_bench import SUITE_SHAPES, TrainSuiteResult, run_benchmark
+    from objectives.lengths import mlm_lengths
 
-    for arch in args.arch or ["cd"]:
-        cfg = _model_config(argparse.Namespace(preset=args.preset, arch=arch), dtype=args.dtype,
-                            remat_policy=args.remat)
-        result = run_benchmark(
-            cfg, args.batch_size, length=args.length, inputs_length=args.inputs_length,
-            targets_length=args.targets_length, steps=args.steps, repeats=args.repeats,
-            mesh_shape=tuple(args.mesh), peak_tflops=args.peak_tflops,
-            microbatches=args.microbatches,
-            label=f"{args.preset} {arch} ({cfg.dtype})")
-        print(result.format(), flush=True)
-    return 0
+    presets = args.preset or (["mini"] if args.quick else list(SUITE_SHAPES))
+    architectures = args.arch or list(ARCHITECTURES)
+    steps, repeats = (3, 2) if args.quick else (args.steps, args.repeats)
+    rows = []
+    for name in presets:
+        shape = dict(SUITE_SHAPES.get(name, SUITE_SHAPES["small"]))
+        for key in ("batch_size", "length", "inputs_length", "targets_length"):
+            if getattr(args, key) is not None:
+                shape[key] = getattr(args, key)
+        if shape["inputs_length"] is None:
+            shape["inputs_length"], shape["targets_length"] = mlm_lengths(shape["length"])
+        for arch in architectures:
+            log(f"[{len(rows) + 1}/{len(presets) * len(architectures)}] {name} {arch}")
+            cfg = _model_config(argparse.Namespace(preset=name, arch=arch), dtype=args.dtype,
+                                remat_policy=args.remat)
+            rows.append(run_benchmark(
+                cfg, shape["batch_size"], length=shape["length"],
+                inputs_length=shape["inputs_length"], targets_length=shape["targets_length"],
+                steps=steps, repeats=repeats, mesh_shape=tuple(args.mesh),
+                peak_tflops=args.peak_tflops, microbatches=args.microbatches,
+                label=f"{name} {arch} ({cfg.dtype})", preset=name))
+            row = rows[-1]
+            log(f"  {row.tokens_per_second:,.0f} tokens/s"
+                + (f", MFU {row.mfu():.1%}" if row.peak_flops else ""))
+    return TrainSuiteResult(rows)
 
 
-def _cmd_bench_eval(args: argparse.Namespace) -> int:
+def _bench_eval(args: argparse.Namespace, log=print):
     import os
 
     # The reference model and task are written locally; nothing may be fetched.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from harness.bench.train_bench import eval_bench as bench_eval
+    from harness.bench import eval_bench
 
     chosen = {name: getattr(args, name) for name in
               ("d_model", "num_layers", "questions", "batch_size", "repeats", "seed")
-              if getattr(args, name) is not None}
-    settings = (bench_eval.EvalBenchSettings.quick(**chosen) if args.quick
-                else bench_eval.EvalBenchSettings(**chosen))
-    result = bench_eval.run_eval_benchmark(settings, work_dir=args.work_dir,
-                                           log=lambda line: print(line, flush=True))
-    print(result.format(), flush=True)
+              if getattr(args, name, None) is not None}
+    settings = (eval_bench.EvalBenchSettings.quick(**chosen) if args.quick
+                else eval_bench.EvalBenchSettings(**chosen))
+    return eval_bench.run_eval_benchmark(settings, work_dir=getattr(args, "work_dir", None),
+                                         log=log)
+
+
+def _bench_data(args: argparse.Namespace, log=print):
+    from harness.bench.data_bench import PAIRS, run_data_benchmark
+
+    shapes = args.shape or (["tiny"] if args.quick else ["tiny", "small"])
+    return run_data_benchmark(shapes=shapes, pairs=PAIRS, world=args.world,
+                              batches=5 if args.quick else args.batches,
+                              steps=2 if args.quick else 5, repeats=2 if args.quick else 3,
+                              log=log)
+
+
+_BENCH_RUNNERS = {"train": _bench_train, "eval": _bench_eval, "data": _bench_data}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """One benchmark (``archobj bench NAME``) or all of them (``archobj bench``), recorded."""
+    import logging
+
+    from harness.bench import suite
+
+    # seqio warns on every uncached task and orbax logs each save at INFO through absl.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    names = [args.bench_command] if args.bench_command else list(_BENCH_RUNNERS)
+    for name in names:
+        if args.bench_command is None:  # the whole suite: each benchmark with its defaults
+            defaults = _bench_defaults(name)
+            defaults.quick = args.quick
+            run_args = defaults
+        else:
+            run_args = args
+        suite.run_and_record(name, lambda: _BENCH_RUNNERS[name](run_args),
+                             out=args.out, command=suite.command_line())
     return 0
+
+
+def _bench_defaults(name: str) -> argparse.Namespace:
+    """The arguments ``archobj bench NAME`` would get with no flags."""
+    return build_parser().parse_args(["bench", name])
 
 
 def _cmd_convert_hf_t5(args: argparse.Namespace) -> int:
@@ -434,6 +489,17 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _add_bench_record_arguments(parser: argparse.ArgumentParser, quick: str,
+                                top: bool = False) -> None:
+    # Given before or after WHAT: the subcommand's copies default to SUPPRESS, so that they never
+    # overwrite what `archobj bench --out X train` set on the parent.
+    parser.add_argument("--out", default="bench" if top else argparse.SUPPRESS,
+                        help="record results.json and results.md here (default bench/); an "
+                             "existing record keeps its other benchmarks' entries")
+    parser.add_argument("--quick", action="store_true",
+                        default=False if top else argparse.SUPPRESS, help=quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archobj",
@@ -458,18 +524,28 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_cmd_model_info)
 
-    bench = commands.add_parser("bench", help="benchmarks that print figures (PERF.md protocol)")
-    bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    bench = commands.add_parser(
+        "bench", help="benchmarks that print figures (PERF.md protocol); with no WHAT, all of "
+                      "them, recorded in bench/results.json and bench/results.md")
+    _add_bench_record_arguments(bench, "a smoke-test size of every benchmark (minutes)", top=True)
+    bench.set_defaults(handler=_cmd_bench, bench_command=None)
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     bench_train = bench_commands.add_parser(
-        "train", help="time the training step (the study's Adafactor) on a synthetic batch")
-    bench_train.add_argument("--preset", choices=PRESETS, default="small",
-                             help="model preset (default small)")
+        "train", help="time the training step (the study's Adafactor) on a synthetic batch: "
+                      "tokens/s, model FLOP/s, XLA FLOPs, MFU")
+    bench_train.add_argument("--preset", choices=PRESETS, action="append",
+                             help="model preset; repeat for several (default: small at the "
+                                  "study's lengths and mini at the tiny grid's)")
     bench_train.add_argument("--arch", choices=ARCHITECTURES, action="append",
-                             help="architecture; repeat to benchmark several (default cd)")
-    bench_train.add_argument("--batch-size", type=int, default=8)
-    bench_train.add_argument("--length", type=int, default=626)
-    bench_train.add_argument("--inputs-length", type=int, default=512)
-    bench_train.add_argument("--targets-length", type=int, default=114)
+                             help="architecture; repeat for several (default all three)")
+    bench_train.add_argument("--batch-size", type=int, default=None,
+                             help="rows per step (default: small 4, mini 16)")
+    bench_train.add_argument("--length", type=int, default=None,
+                             help="decoder-only tokens per row (default: small 626, mini 128)")
+    bench_train.add_argument("--inputs-length", type=int, default=None,
+                             help="ed inputs (default: small 512, else the MLM split of --length)")
+    bench_train.add_argument("--targets-length", type=int, default=None,
+                             help="ed targets (default: small 114, else the MLM split)")
     bench_train.add_argument("--steps", type=int, default=10, help="steps per timed interval")
     bench_train.add_argument("--repeats", type=int, default=3, help="timed intervals")
     bench_train.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
@@ -480,12 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
                              metavar=("DATA", "MODEL"))
     bench_train.add_argument("--peak-tflops", type=float, default=None,
                              help="per-device peak for MFU on accelerators (CPU peak is measured)")
-    bench_train.set_defaults(handler=_cmd_bench_train)
+    _add_bench_record_arguments(bench_train, "the mini preset only, 3-step intervals")
     bench_eval = bench_commands.add_parser(
         "eval", help="loglikelihood requests/s of the archobj lm-eval model and lm-eval's Hugging "
-                     "Face backend on the same random T5 weights, side by side")
-    bench_eval.add_argument("--quick", action="store_true",
-                            help="smoke-test size (d_model 64, 2+2 layers, 12 questions)")
+                     "Face backend on the same random T5 weights, side by side; and against the "
+                     "forward roofline")
     bench_eval.add_argument("--d-model", type=int, help="model width (default 512)")
     bench_eval.add_argument("--num-layers", type=int, help="layers per stack (default 6)")
     bench_eval.add_argument("--questions", type=int,
@@ -495,7 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_eval.add_argument("--seed", type=int, help="weights and questions (default 0)")
     bench_eval.add_argument("--work-dir", help="keep the reference model and task here "
                                                "(default: a temporary directory)")
-    bench_eval.set_defaults(handler=_cmd_bench_eval)
+    _add_bench_record_arguments(bench_eval, quick="smoke-test size (d_model 64, 2+2 layers, "
+                                                  "12 questions)")
+    bench_data = bench_commands.add_parser(
+        "data", help="each objective's input pipeline (and each architecture's MTF stream) "
+                     "against the training step it feeds, at the tiny grid's and the small "
+                     "preset's shapes, on the built-in world")
+    bench_data.add_argument("--shape", choices=("tiny", "small"), action="append",
+                            help="repeat for several (default both; --quick: tiny)")
+    bench_data.add_argument("--world", help="a written world (archobj world write) to read "
+                                            "(default: write one into a temporary directory)")
+    bench_data.add_argument("--batches", type=int, default=20, help="timed pipeline batches")
+    _add_bench_record_arguments(bench_data, quick="tiny shape only, 5 batches, 2 x 2 steps")
+    for sub in (bench_train, bench_eval, bench_data):
+        sub.set_defaults(handler=_cmd_bench)
 
     convert = commands.add_parser("convert", help="import checkpoints from other frameworks")
     convert_commands = convert.add_subparsers(dest="convert_command", metavar="FORMAT",

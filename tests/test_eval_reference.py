@@ -280,3 +280,11 @@ def test_eval_benchmark_smoke(reference, archobj_model, tmp_path):
     text = result.format()
     assert "archobj / hf speed" in text and "d_model 32, 2+2 layers, 4 heads" in text
     assert list(tmp_path.iterdir())  # work_dir keeps the task it wrote
+    # The roofline: forward FLOPs per request as models/flops.py counts them, against the float32
+    # peak measured in the same process; the record is plain JSON.
+    figures = json.loads(json.dumps(result.as_dict()))
+    assert figures["forward_flops_per_request"] > 0 and figures["peak_flops"] > 0
+    assert 0 < figures["roofline_fraction"] < 1
+    assert figures["archobj_requests_per_second"] == pytest.approx(
+        figures["roofline_fraction"] * figures["roofline_requests_per_second"])
+    assert "roofline:" in text

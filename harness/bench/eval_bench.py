@@ -111,6 +111,11 @@ class EvalBenchResult:
     torch_threads: int
     cpu_count: int
     load_average: tuple[float, float]  # the machine's 1-minute load before and after timing
+    # Roofline (PERF.md): forward FLOPs of one request, counted as models/flops.py counts a
+    # training example (divided by 3: training = 3 x forward) at the mean lengths, and the float32
+    # matmul peak measured in the same process after the timed passes (0.0: not measured).
+    forward_flops_per_request: float = 0.0
+    peak_flops: float = 0.0
 
     def requests_per_second(self, model: str) -> float:
         """Median over repeats of requests / pass seconds."""
@@ -125,6 +130,32 @@ class EvalBenchResult:
     def ratio(self) -> float:
         """Median of the per-repeat ratios."""
         return statistics.median(self.ratios)
+
+    @property
+    def roofline_requests_per_second(self) -> Optional[float]:
+        """Requests/s at the measured peak: peak / forward FLOPs per request."""
+        if not (self.peak_flops and self.forward_flops_per_request):
+            return None
+        return self.peak_flops / self.forward_flops_per_request
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON-able values (``bench/results.json``)."""
+        roofline = self.roofline_requests_per_second
+        archobj = self.requests_per_second("archobj")
+        return {"settings": dataclasses.asdict(self.settings),
+                "parameters": self.reference.num_parameters, "num_requests": self.num_requests,
+                "mean_context_tokens": self.mean_context_tokens,
+                "mean_continuation_tokens": self.mean_continuation_tokens,
+                "load_seconds": self.load_seconds, "warmup_seconds": self.warmup_seconds,
+                "pass_seconds": self.pass_seconds,
+                "hf_requests_per_second": self.requests_per_second("hf"),
+                "archobj_requests_per_second": archobj, "ratios": self.ratios,
+                "ratio": self.ratio, "max_abs_difference": self.max_abs_difference,
+                "same_ids": self.same_ids, "same_predictions": self.same_predictions,
+                "torch_threads": self.torch_threads, "load_average": list(self.load_average),
+                "forward_flops_per_request": self.forward_flops_per_request,
+                "peak_flops": self.peak_flops, "roofline_requests_per_second": roofline,
+                "roofline_fraction": archobj / roofline if roofline else None}
 
     def format(self) -> str:
         s, m = self.settings, self.reference
@@ -162,6 +193,14 @@ class EvalBenchResult:
             "  warm-up: archobj scores every request once (compiles every shape); hf scores a "
             "few batches",
         ]
+        roofline = self.roofline_requests_per_second
+        if roofline:
+            lines.append(
+                f"  roofline: {self.forward_flops_per_request / 1e6:.1f} MFLOP forward per request "
+                f"at the mean lengths, float32 peak {self.peak_flops / 1e9:.0f} GFLOP/s -> "
+                f"{roofline:,.0f} requests/s; archobj reaches "
+                f"{self.requests_per_second('archobj') / roofline:.1%} of it, hf "
+                f"{self.requests_per_second('hf') / roofline:.1%}")
         return "\n".join(lines)
 
 
@@ -267,6 +306,7 @@ def _run(settings: EvalBenchSettings, root: pathlib.Path,
                 f"{len(instances) / seconds:.1f} requests/s")
 
     load_after = _load_average()
+    peak = _float32_peak()
     # lm-eval's own tokenization step of each model (TemplateLM._encode_pair: what it scores).
     same_ids = statistics.fmean(
         [list(x) for x in models["hf"]._encode_pair(*inst.args)]
@@ -287,7 +327,31 @@ def _run(settings: EvalBenchSettings, root: pathlib.Path,
         load_seconds=load_seconds, warmup_seconds=warmup_seconds, warmup_requests=warmup_requests,
         pass_seconds=pass_seconds, max_abs_difference=difference, same_ids=same_ids,
         same_predictions=agree / len(by_doc), torch_threads=torch.get_num_threads(),
-        cpu_count=os.cpu_count() or 1, load_average=(load_before, load_after))
+        cpu_count=os.cpu_count() or 1, load_average=(load_before, load_after),
+        forward_flops_per_request=_forward_flops(reference, encoded), peak_flops=peak)
+
+
+def _forward_flops(reference: eval_reference.ReferenceT5,
+                   encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
+    """Mean forward FLOPs of one request through the archobj model (models/flops.py's count)."""
+    from harness.storage.checkpoint import read_config
+    from models.flops import encoder_decoder_flops
+
+    config = read_config(reference.archobj_dir)
+    flops = [encoder_decoder_flops(config, max(len(c), 1), max(len(t), 1)).total / 3
+             for c, t in encoded]
+    return statistics.fmean(flops)
+
+
+def _float32_peak() -> float:
+    """The float32 matmul peak of this process's first device (CPU: measured; else 0.0)."""
+    import jax
+
+    if jax.devices()[0].platform != "cpu":
+        return 0.0
+    from harness.bench.train_bench import measure_matmul_peak
+
+    return measure_matmul_peak("float32")
 
 
 def _load_average() -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,8 @@ class BenchResult:
     temp_bytes: Optional[int]
     peak_flops: Optional[float]
     devices: int
+    preset: str = ""
+    architecture: str = ""
 
     @property
     def median_step(self) -> float:
@@ -56,6 +58,32 @@ class BenchResult:
     @property
     def model_flops_per_second(self) -> float:
         return self.flops.total * self.batch_size / self.median_step
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_step / self.median_step
+
+    def mfu(self, full_matrix: bool = False) -> Optional[float]:
+        """Model FLOP/s over the peak (causal-aware count, or the full-matrix count)."""
+        if not self.peak_flops:
+            return None
+        flops = self.flops.total_full if full_matrix else self.flops.total
+        return flops * self.batch_size / self.median_step / self.peak_flops
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON-able values (``bench/results.json``)."""
+        return {"label": self.label, "preset": self.preset, "architecture": self.architecture,
+                "batch_size": self.batch_size,
+                "tokens_per_step": self.tokens_per_step, "devices": self.devices,
+                "compile_seconds": self.compile_seconds, "step_seconds": self.step_seconds,
+                "median_step_seconds": self.median_step,
+                "tokens_per_second": self.tokens_per_second,
+                "model_flops_per_step": self.flops.total * self.batch_size,
+                "model_flops_per_step_full": self.flops.total_full * self.batch_size,
+                "model_flops_per_second": self.model_flops_per_second,
+                "xla_flops_per_step": self.xla_flops, "temp_bytes": self.temp_bytes,
+                "peak_flops": self.peak_flops, "mfu": self.mfu(),
+                "mfu_full_matrix": self.mfu(full_matrix=True)}
 
     def format(self) -> str:
         lines = [
@@ -145,20 +173,44 @@ def measure_matmul_peak(dtype: str, sizes: tuple[int, ...] = (1024, 2048, 4096),
     return best
 
 
-def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
-                  inputs_length: int = 512, targets_length: int = 114, steps: int = 10,
-                  repeats: int = 3, warmup: int = 2, mesh_shape: tuple[int, int] = (-1, 1),
-                  microbatches: int = 1,
-                  peak_tflops: Optional[float] = None, label: str = "",
-                  peak_sizes: tuple[int, ...] = (1024, 2048, 4096)) -> BenchResult:
-    """Benchmarks one train step of ``config`` (see module docstring) and returns its figures.
+class CompiledStep:
+    """The training loop's own step, compiled ahead of time for one batch, ready to be timed.
 
-    ``peak_sizes``: the square matmuls that measure the CPU peak (PERF.md: 1024 to 4096).
+    Built by ``compile_train_step``; ``time`` runs the PERF.md protocol's warm-up and intervals.
     """
+
+    def __init__(self, compiled: Any, state: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
+                 compile_seconds: float, devices: int):
+        self.compiled, self.state, self.batch, self.rng = compiled, state, batch, rng
+        self.compile_seconds = compile_seconds
+        self.devices = devices
+
+    def time(self, *, steps: int = 10, repeats: int = 3, warmup: int = 2) -> list[float]:
+        """Seconds per step of each of ``repeats`` intervals of ``steps`` steps, after ``warmup``.
+
+        Each interval is closed by ``block_until_ready``; nothing inside it syncs with the host.
+        """
+        metrics = None
+        for _ in range(warmup):
+            self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+        jax.block_until_ready(metrics)
+        intervals = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(steps):
+                self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+            jax.block_until_ready(metrics)
+            intervals.append((time.perf_counter() - start) / steps)
+        return intervals
+
+
+def compile_train_step(config: ModelConfig, batch_np: Mapping[str, np.ndarray], *,
+                       mesh_shape: tuple[int, int] = (-1, 1),
+                       microbatches: int = 1) -> CompiledStep:
+    """Compiles ``harness.train.steps.make_train_step`` with the study's Adafactor (PAPER.md 2.1)
+    for ``config`` on ``batch_np`` (any seqio model features: synthetic or from a pipeline)."""
     mesh = sharding.make_mesh(*mesh_shape)
-    batch_np, flops = synthetic_batch(config, batch_size, length, inputs_length, targets_length)
-    # The study's optimiser and schedule (PAPER.md 2.1), through the training loop's own step.
-    schedule = make_schedule("rsqrt", 1.0, 10_000, steps)
+    schedule = make_schedule("rsqrt", 1.0, 10_000, 10)
     abstract = jax.eval_shape(init_fn(config), jax.random.key(0))
     optimizer = make_optimizer("adafactor", schedule, logical_axes=logical_axes_of(
         abstract["params"]))
@@ -179,31 +231,81 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
         start = time.perf_counter()
         compiled = step.lower(state, batch, rng).compile()
         compile_seconds = time.perf_counter() - start
-    cost = compiled.cost_analysis()
+    return CompiledStep(compiled, state, batch, rng, compile_seconds, mesh.size)
+
+
+def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
+                  inputs_length: int = 512, targets_length: int = 114, steps: int = 10,
+                  repeats: int = 3, warmup: int = 2, mesh_shape: tuple[int, int] = (-1, 1),
+                  microbatches: int = 1,
+                  peak_tflops: Optional[float] = None, label: str = "", preset: str = "",
+                  peak_sizes: tuple[int, ...] = (1024, 2048, 4096)) -> BenchResult:
+    """Benchmarks one train step of ``config`` (see module docstring) and returns its figures.
+
+    ``peak_sizes``: the square matmuls that measure the CPU peak (PERF.md: 1024 to 4096).
+    """
+    batch_np, flops = synthetic_batch(config, batch_size, length, inputs_length, targets_length)
+    step = compile_train_step(config, batch_np, mesh_shape=mesh_shape, microbatches=microbatches)
+    cost = step.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    memory = compiled.memory_analysis()
+    memory = step.compiled.memory_analysis()
 
     on_cpu = jax.devices()[0].platform == "cpu"
     peaks = [measure_matmul_peak(config.dtype, peak_sizes)] if on_cpu and peak_tflops is None else []
-    for _ in range(warmup):
-        state, metrics = compiled(state, batch, rng)
-    jax.block_until_ready(metrics)
-    intervals = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = compiled(state, batch, rng)
-        jax.block_until_ready(metrics)
-        intervals.append((time.perf_counter() - start) / steps)
+    intervals = step.time(steps=steps, repeats=repeats, warmup=warmup)
     if peaks:
         peaks.append(measure_matmul_peak(config.dtype, peak_sizes))
-    peak = max(peaks) if peaks else (peak_tflops * 1e12 * mesh.size if peak_tflops else None)
+    peak = max(peaks) if peaks else (peak_tflops * 1e12 * step.devices if peak_tflops else None)
     tokens = sum(int(np.prod(batch_np[k].shape)) for k in batch_np
                  if k in ("encoder_input_tokens", "decoder_target_tokens"))
     return BenchResult(
         label=label or f"{config.architecture} d_model={config.d_model} layers={config.num_layers}",
-        batch_size=batch_size, tokens_per_step=tokens, compile_seconds=compile_seconds,
+        batch_size=batch_size, tokens_per_step=tokens, compile_seconds=step.compile_seconds,
         step_seconds=intervals, flops=flops,
         xla_flops=(cost or {}).get("flops"),
         temp_bytes=getattr(memory, "temp_size_in_bytes", None),
-        peak_flops=peak, devices=mesh.size)
+        peak_flops=peak, devices=step.devices, preset=preset,
+        architecture=config.architecture)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSuiteResult:
+    """``archobj bench train`` over several (preset, architecture) rows."""
+
+    rows: list[BenchResult]
+
+    def format(self) -> str:
+        return "\n".join(row.format() for row in self.rows)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": [row.as_dict() for row in self.rows]}
+
+
+# The shapes ``archobj bench`` times: the small preset at the study's lengths (626 tokens; ED
+# 512 + 114, PAPER.md 1.2), and the tiny grid's model at its own (experiments/tiny.yaml: 16 x 128;
+# ED MLM lengths for 128 tokens, objectives/lengths.py).
+SUITE_SHAPES = {"small": dict(batch_size=4, length=626, inputs_length=512, targets_length=114),
+                "mini": dict(batch_size=16, length=128, inputs_length=None, targets_length=None)}
+
+
+def run_train_suite(presets=("small", "mini"), architectures=("cd", "nd", "ed"), *,
+                    dtype: str = "bfloat16", steps: int = 10, repeats: int = 3,
+                    log=print) -> TrainSuiteResult:
+    """Every (preset, architecture) of ``SUITE_SHAPES``, one after the other in this process."""
+    from models.config import preset as make_preset
+    from objectives.lengths import mlm_lengths
+
+    rows = []
+    for name in presets:
+        shape = dict(SUITE_SHAPES[name])
+        if shape["inputs_length"] is None:
+            shape["inputs_length"], shape["targets_length"] = mlm_lengths(shape["length"])
+        for arch in architectures:
+            log(f"[{len(rows) + 1}/{len(presets) * len(architectures)}] train {name} {arch}")
+            config = make_preset(name, arch, dtype=dtype)
+            rows.append(run_benchmark(config, shape["batch_size"], length=shape["length"],
+                                      inputs_length=shape["inputs_length"],
+                                      targets_length=shape["targets_length"], steps=steps,
+                                      repeats=repeats, label=f"{name} {arch} ({dtype})",
+                                      preset=name))
+    return TrainSuiteResult(rows)

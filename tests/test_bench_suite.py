@@ -1,0 +1,107 @@
+"""`archobj bench`: the record (results.json / results.md), its verdicts and the CLI's arguments.
+
+The benchmarks' own machinery is tested beside each (test_cli.py: the train step benchmark;
+test_eval_reference.py: the eval benchmark); here, what the suite adds: one record that keeps every
+benchmark's latest entry, and a Markdown table that puts each figure beside its target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from harness.bench import data_bench, suite
+from harness.cli import build_parser
+
+MACHINE = {"cpu": "test CPU", "cpu_count": 2, "memory_gib": 1.0, "platform": "cpu",
+           "device_kind": "cpu", "versions": {"jax": "0"}, "commit": "abc"}
+
+
+@dataclasses.dataclass
+class Fake:
+    figures: dict
+    text: str = "printed"
+
+    def as_dict(self):
+        return self.figures
+
+    def format(self):
+        return self.text
+
+
+def _train_row(preset, arch, tokens_per_second, mfu):
+    return {"label": f"{preset} {arch} (bfloat16)", "preset": preset, "architecture": arch,
+            "batch_size": 4, "tokens_per_step": 2504, "median_step_seconds": 1.0,
+            "tokens_per_second": tokens_per_second, "model_flops_per_second": 1e10,
+            "model_flops_per_step": 1e10, "xla_flops_per_step": 1.05e10,
+            "mfu": mfu, "mfu_full_matrix": mfu, "peak_flops": 2e10}
+
+
+def _record(tmp_path, name, figures, text="printed"):
+    return suite.record(tmp_path, name, Fake(figures, text), command=f"archobj bench {name}",
+                        started="2026-01-01T00:00:00+00:00", seconds=1.0, machine=MACHINE)
+
+
+def test_record_keeps_other_benchmarks_and_replaces_its_own(tmp_path):
+    _record(tmp_path, "eval", {"ratio": 2.0, "hf_requests_per_second": 10.0,
+                               "archobj_requests_per_second": 20.0, "num_requests": 8,
+                               "parameters": 1e6, "roofline_requests_per_second": 100.0,
+                               "roofline_fraction": 0.2})
+    _record(tmp_path, "train", {"rows": [_train_row("small", "cd", 1000.0, 0.55)]}, "first")
+    _record(tmp_path, "train", {"rows": [_train_row("small", "cd", 900.0, 0.40)]}, "second")
+    record = json.loads((tmp_path / suite.RESULTS_JSON).read_text())
+    assert list(record["benchmarks"]) == ["train", "eval"]  # the suite's order, not arrival's
+    assert record["benchmarks"]["train"]["text"] == "second"
+    assert record["benchmarks"]["train"]["result"]["rows"][0]["tokens_per_second"] == 900.0
+    assert record["benchmarks"]["eval"]["machine"]["cpu"] == "test CPU"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_markdown_puts_each_figure_beside_its_target(tmp_path):
+    rows = [_train_row("small", "cd", 1000.0, 0.55), _train_row("small", "nd", 950.0, 0.45),
+            _train_row("small", "ed", 800.0, 0.30)]
+    _record(tmp_path, "train", {"rows": rows})
+    _record(tmp_path, "eval", {"ratio": 3.2, "hf_requests_per_second": 10.0,
+                               "archobj_requests_per_second": 32.0, "num_requests": 8,
+                               "parameters": 1e6, "roofline_requests_per_second": 100.0,
+                               "roofline_fraction": 0.32})
+    text = (tmp_path / suite.RESULTS_MD).read_text()
+    cd, nd, ed = (next(line for line in text.splitlines() if line.startswith(f"| small {a} "))
+                  for a in ("cd", "nd", "ed"))
+    assert "CPU-MFU >= 50%: met" in cd
+    assert "CPU-MFU >= 50%: **not met**" in nd
+    assert "ED/CD tokens/s 0.80 (>= 0.85): **not met**" in ed
+    assert "archobj / hf: **3.20x**" in text and "target >= 3x: met" in text
+    assert "GPU, ~1B decoder in bf16 (target MFU >= 45%): not measured" in text
+
+
+def test_a_corrupt_record_is_an_error_not_overwritten(tmp_path):
+    (tmp_path / suite.RESULTS_JSON).write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON.*move it aside"):
+        _record(tmp_path, "eval", {})
+    assert (tmp_path / suite.RESULTS_JSON).read_text() == "{not json"
+
+
+def test_data_row_headroom_is_pipeline_rate_over_step_rate():
+    row = data_bench.DataRow(shape="tiny", pair="cd:flm", batch_size=16,
+                             features={"decoder_target_tokens": [16, 128]}, startup_seconds=1.0,
+                             pipeline_seconds=[0.01, 0.03], real_tokens=3000, padded_tokens=4096,
+                             step_seconds=[0.5, 0.4, 0.6])
+    assert row.pipeline_examples_per_second == pytest.approx(32 / 0.04)
+    assert row.step_examples_per_second == pytest.approx(16 / 0.5)
+    assert row.headroom == pytest.approx(800 / 32)
+    assert row.padding_fraction == pytest.approx(1 - 3000 / 4096)
+    assert row.as_dict()["headroom"] == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize("argv, command, out, quick", [
+    (["bench"], None, "bench", False),
+    (["bench", "--quick", "--out", "X"], None, "X", True),
+    (["bench", "--out", "X", "train"], "train", "X", False),   # before WHAT: kept
+    (["bench", "data", "--out", "Y", "--quick"], "data", "Y", True),
+])
+def test_bench_arguments_before_or_after_what(argv, command, out, quick):
+    args = build_parser().parse_args(argv)
+    assert (args.bench_command, args.out, args.quick) == (command, out, quick)
