@@ -88,39 +88,22 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_train(args: argparse.Namespace, log=print):
+def _bench_train(args: argparse.Namespace, log):
     """``archobj bench train``: the chosen presets x architectures (default: the suite's)."""
-    from harness.bench.train_bench import SUITE_SHAPES, TrainSuiteResult, run_benchmark
-    from objectives.lengths import mlm_lengths
+    from harness.bench.train_bench import SUITE_SHAPES, run_train_suite
 
-    presets = args.preset or (["mini"] if args.quick else list(SUITE_SHAPES))
-    architectures = args.arch or list(ARCHITECTURES)
+    overrides = {key: getattr(args, key) for key in
+                 ("batch_size", "length", "inputs_length", "targets_length")
+                 if getattr(args, key) is not None}
     steps, repeats = (3, 2) if args.quick else (args.steps, args.repeats)
-    rows = []
-    for name in presets:
-        shape = dict(SUITE_SHAPES.get(name, SUITE_SHAPES["small"]))
-        for key in ("batch_size", "length", "inputs_length", "targets_length"):
-            if getattr(args, key) is not None:
-                shape[key] = getattr(args, key)
-        if shape["inputs_length"] is None:
-            shape["inputs_length"], shape["targets_length"] = mlm_lengths(shape["length"])
-        for arch in architectures:
-            log(f"[{len(rows) + 1}/{len(presets) * len(architectures)}] {name} {arch}")
-            cfg = _model_config(argparse.Namespace(preset=name, arch=arch), dtype=args.dtype,
-                                remat_policy=args.remat)
-            rows.append(run_benchmark(
-                cfg, shape["batch_size"], length=shape["length"],
-                inputs_length=shape["inputs_length"], targets_length=shape["targets_length"],
-                steps=steps, repeats=repeats, mesh_shape=tuple(args.mesh),
-                peak_tflops=args.peak_tflops, microbatches=args.microbatches,
-                label=f"{name} {arch} ({cfg.dtype})", preset=name))
-            row = rows[-1]
-            log(f"  {row.tokens_per_second:,.0f} tokens/s"
-                + (f", MFU {row.mfu():.1%}" if row.peak_flops else ""))
-    return TrainSuiteResult(rows)
+    return run_train_suite(args.preset or (["mini"] if args.quick else list(SUITE_SHAPES)),
+                           args.arch or list(ARCHITECTURES), shape_overrides=overrides,
+                           dtype=args.dtype, remat_policy=args.remat, steps=steps,
+                           repeats=repeats, mesh_shape=tuple(args.mesh),
+                           peak_tflops=args.peak_tflops, microbatches=args.microbatches, log=log)
 
 
-def _bench_eval(args: argparse.Namespace, log=print):
+def _bench_eval(args: argparse.Namespace, log):
     import os
 
     # The reference model and task are written locally; nothing may be fetched.
@@ -137,7 +120,7 @@ def _bench_eval(args: argparse.Namespace, log=print):
                                          log=log)
 
 
-def _bench_data(args: argparse.Namespace, log=print):
+def _bench_data(args: argparse.Namespace, log):
     from harness.bench.data_bench import PAIRS, run_data_benchmark
 
     shapes = args.shape or (["tiny"] if args.quick else ["tiny", "small"])
@@ -166,7 +149,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             run_args = defaults
         else:
             run_args = args
-        suite.run_and_record(name, lambda: _BENCH_RUNNERS[name](run_args),
+        suite.run_and_record(name, lambda: _BENCH_RUNNERS[name](run_args, suite.say),
                              out=args.out, command=suite.command_line())
     return 0
 

@@ -181,9 +181,12 @@ def measure_row(shape: Shape, architecture: str, objective: str, world: Path, *,
 def run_data_benchmark(*, shapes: Sequence[str] = ("tiny", "small"),
                        pairs: Sequence[tuple[str, str]] = PAIRS, world: Optional[str] = None,
                        batches: int = 20, steps: int = 5, repeats: int = 3,
-                       log: Callable[[str], None] = print) -> DataBenchResult:
+                       log: Optional[Callable[[str], None]] = None) -> DataBenchResult:
     """Every (shape, pair); ``world``: a written world (default: the default-size world, written
     into a temporary directory in a few seconds)."""
+    from harness.bench.suite import say
+
+    log = log or say
     for name in shapes:
         if name not in SHAPES:
             raise ValueError(f"shape {name!r}: unknown; choose from {sorted(SHAPES)}")

@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 from typing import Any, Callable, Mapping, Optional
@@ -286,8 +285,9 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 
 def run_and_record(name: str, run: Callable[[], Any], *, out: str, command: str,
-                   log: Callable[[str], None] = print) -> Any:
+                   log: Callable[[str], None] = None) -> Any:
     """Runs one benchmark, prints it and records it in ``out``."""
+    log = log or say
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"== bench {name} ==")
     result = run()
@@ -300,9 +300,11 @@ def run_and_record(name: str, run: Callable[[], Any], *, out: str, command: str,
     return result
 
 
+def say(line: str) -> None:
+    """Progress on stdout, at once (stdout is block-buffered when piped)."""
+    print(line, flush=True)
+
+
 def command_line() -> str:
     return " ".join(["archobj"] + sys.argv[1:])
 
-
-def median(values) -> float:
-    return statistics.median(values)

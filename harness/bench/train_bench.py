@@ -19,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from harness.bench.suite import say
 from harness.train.optim import logical_axes_of, make_optimizer, make_schedule
 from harness.train.state import create_train_state, state_shardings
 from harness.train.steps import make_train_step
@@ -288,24 +289,37 @@ SUITE_SHAPES = {"small": dict(batch_size=4, length=626, inputs_length=512, targe
                 "mini": dict(batch_size=16, length=128, inputs_length=None, targets_length=None)}
 
 
-def run_train_suite(presets=("small", "mini"), architectures=("cd", "nd", "ed"), *,
-                    dtype: str = "bfloat16", steps: int = 10, repeats: int = 3,
-                    log=print) -> TrainSuiteResult:
-    """Every (preset, architecture) of ``SUITE_SHAPES``, one after the other in this process."""
+def run_train_suite(presets: Sequence[str] = tuple(SUITE_SHAPES),
+                    architectures: Sequence[str] = ("cd", "nd", "ed"), *,
+                    shape_overrides: Optional[Mapping[str, int]] = None,
+                    dtype: str = "bfloat16", remat_policy: str = "none", steps: int = 10,
+                    repeats: int = 3, mesh_shape: tuple[int, int] = (-1, 1),
+                    peak_tflops: Optional[float] = None, microbatches: int = 1,
+                    log: Callable[[str], None] = say) -> TrainSuiteResult:
+    """Every (preset, architecture), one after the other in this process.
+
+    A preset's shape is its ``SUITE_SHAPES`` entry (``small``'s for presets without one), with
+    ``shape_overrides`` (batch_size, length, inputs_length, targets_length) on top; ED's lengths
+    default to the MLM split of ``length`` (objectives/lengths.py).
+    """
     from models.config import preset as make_preset
     from objectives.lengths import mlm_lengths
 
     rows = []
     for name in presets:
-        shape = dict(SUITE_SHAPES[name])
+        shape = {**SUITE_SHAPES.get(name, SUITE_SHAPES["small"]), **(shape_overrides or {})}
         if shape["inputs_length"] is None:
             shape["inputs_length"], shape["targets_length"] = mlm_lengths(shape["length"])
         for arch in architectures:
             log(f"[{len(rows) + 1}/{len(presets) * len(architectures)}] train {name} {arch}")
-            config = make_preset(name, arch, dtype=dtype)
-            rows.append(run_benchmark(config, shape["batch_size"], length=shape["length"],
-                                      inputs_length=shape["inputs_length"],
-                                      targets_length=shape["targets_length"], steps=steps,
-                                      repeats=repeats, label=f"{name} {arch} ({dtype})",
-                                      preset=name))
+            config = make_preset(name, arch, dtype=dtype, remat_policy=remat_policy)
+            row = run_benchmark(config, shape["batch_size"], length=shape["length"],
+                                inputs_length=shape["inputs_length"],
+                                targets_length=shape["targets_length"], steps=steps,
+                                repeats=repeats, mesh_shape=mesh_shape, peak_tflops=peak_tflops,
+                                microbatches=microbatches, label=f"{name} {arch} ({dtype})",
+                                preset=name)
+            log(f"  {row.tokens_per_second:,.0f} tokens/s"
+                + (f", MFU {row.mfu():.1%}" if row.peak_flops else ""))
+            rows.append(row)
     return TrainSuiteResult(rows)
