@@ -52,9 +52,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -m "slow or not slow"
 
-# The figures quoted in issue notes: the small preset at the study's lengths.
+# Every benchmark (train, tiny, eval, data, resume; about half an hour on 2 cores), recorded in
+# bench/results.json and bench/results.md: the figures the README's performance section quotes.
 bench: install
-	$(VENV)/bin/archobj bench train --preset small --arch cd --arch nd --arch ed --batch-size 4
+	$(VENV)/bin/archobj bench --out bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .cache

@@ -105,3 +105,21 @@ def test_data_row_headroom_is_pipeline_rate_over_step_rate():
 def test_bench_arguments_before_or_after_what(argv, command, out, quick):
     args = build_parser().parse_args(argv)
     assert (args.bench_command, args.out, args.quick) == (command, out, quick)
+
+
+def test_tiny_and_resume_tables_judge_their_targets(tmp_path):
+    case = {"case": "cd", "batch_size": 16, "tokens_per_step": 2048, "harness_tokens_per_s": 5000.0,
+            "reference_tokens_per_s": 4000.0, "ratio": 1.25, "harness_mfu": 0.3}
+    slow = dict(case, case="ed", ratio=0.9)
+    _record(tmp_path, "tiny", {"cases": [case, slow]})
+    rows = [{"step": k, "state_seconds": seconds, "replay_seconds": 10.0 + k,
+             "state_position": 0.1, "replay_position": k / 10, "state_bytes": 2000}
+            for k, seconds in ((800, 11.0), (0, 10.0))]
+    _record(tmp_path, "resume", {"rows": rows})
+    text = (tmp_path / suite.RESULTS_MD).read_text()
+    assert "| cd | 16 x 128 | 5,000 | 4,000 | 1.25 | 30.0% | >= 1.0: met |" in text
+    assert "| ed | 16 x 128 | 5,000 | 4,000 | 0.90 | 30.0% | >= 1.0: **not met** |" in text
+    # Sorted by k whatever the order measured; growth is the largest k's time over k = 0's.
+    assert text.index("| 0 | 10.0 s") < text.index("| 800 | 11.0 s")
+    assert "k = 800 over k = 0: 1.10 with the saved state (target <= 1.25: met), 81.00 by replay" \
+        in text
