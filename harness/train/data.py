@@ -4,13 +4,41 @@
 pipeline and converter (objectives/), and yields numpy batches keyed by seqio's model feature names
 (PAPER.md 6.3), ready for ``jax.device_put``.
 
-Determinism and resume. One seed fixes everything random: the order of source files, seqio's shuffle
-buffer and the seeds of the stateless random preprocessors (chunking, span-corruption noise, PLM split
-points). Batch ``k`` is therefore a pure function of (task, seed, shard, k). Starting at ``start_step=k``
-skips the first ``k`` batches of that same stream, so a run restarted at step k sees exactly the
-batches an uninterrupted run would have seen from step k: no repeats, no skips. Skipping costs running
-the pipeline over the skipped batches (about ``k * batch / examples_per_second``; ``archobj data bench``
-measures the rate).
+Determinism. One seed fixes everything random: the order of source files, seqio's shuffle buffer and
+the seeds of the stateless random preprocessors (chunking, span-corruption noise, PLM split points).
+Batch ``k`` is therefore a pure function of (task, seed, shard, k).
+
+Resume, two ways (``Batches``), both exact: a run restarted at step k sees exactly the batches an
+uninterrupted run would have seen from step k, no repeats, no skips.
+
+* From the saved state (t5x's ``save_dataset``): the training loop saves the tf.data iterator's
+  state (``tf.train.Checkpoint(iterator=...)``: shuffle buffers, packing buffers, prefetched
+  batches, each source's read position) with every checkpoint, one file per host
+  (``harness/train/train_checkpoint.py``), and ``Batches.restore_state`` puts it back: the cost does
+  not grow with k, except for re-opening each text source at its position (below).
+* By replay (``Batches.skip``): run the pipeline over the first k batches and drop them, about
+  ``k * batch / examples_per_second`` (``archobj data bench`` measures the rate); what a checkpoint
+  written before iterator states were saved, or one whose state cannot be read, resumes with.
+
+Checkpointable sources. tf.data cannot save a ``Dataset.from_generator`` ("GeneratorDataset does not
+support checkpointing"), and every local or Hugging Face source of this project (text, JSONL, the
+T0 mixture's files, objectives/sources.py and objectives/t0.py) is one. While this module builds a
+pipeline, ``Dataset.from_generator`` builds ``checkpointable_from_generator`` instead: the same
+elements in the same order, numbered by a ``Dataset.range`` (whose position tf.data saves) and read
+by a Python reader that, after a restore, re-opens its generator and skips the elements already read.
+That skip reads raw records only (no tokenizing, no packing: about 10^5 documents/s); TFDS sources
+(``c4``, the study's) are checkpointed by tf.data itself and skip nothing.
+
+State size. The state holds every buffer of the pipeline: seqio's shuffle buffer of 1,000 examples
+per task (token ids and their text), packing buffers, prefetched batches. Measured on one host with
+2,048 rows: cd:mlm at 626 tokens 17 MB; MTF at 1,024 + 256 tokens over the built-in world's 20-task
+mixture 41 MB, about 2 MB per task, so the T0 mixture's few hundred tasks would take about 0.5-1 GB
+per host per checkpoint (longer prompts: more).
+
+Build time. While it builds, this module also traces the seqio tasks' preprocessors without
+autograph (``tasks_without_autograph``), which halves a pipeline's first build in a process; the
+stream is the same element for element (tests/test_data_state.py compares it with the pipeline
+TensorFlow and autograph build).
 
 Multi-host. Host ``i`` of ``n`` reads shard ``i`` of the source (``seqio.ShardInfo``) and builds
 ``global_batch / n`` rows of every global batch; the shards are disjoint and together cover the corpus.
@@ -21,9 +49,15 @@ accelerator memory from JAX. Only processes that read data import this module.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import functools
 import os
-from typing import Iterator, Mapping, Optional
+import re
+import threading
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -73,7 +107,8 @@ def build_dataset(spec: DataSpec, *, batch_size: Optional[int] = None, split: st
     """The ``tf.data.Dataset`` of model features for ``spec`` (batched if ``batch_size``).
 
     Validates everything the user typed (pair, source, vocabulary, lengths) before TensorFlow builds
-    any graph, raising one-line ``ValueError`` s.
+    any graph, raising one-line ``ValueError`` s. Generator sources are built checkpointable
+    (module docstring).
     """
     hide_gpus_from_tensorflow()  # before seqio or anything else touches TensorFlow's devices
     from objectives import lengths as objective_lengths
@@ -91,9 +126,10 @@ def build_dataset(spec: DataSpec, *, batch_size: Optional[int] = None, split: st
     task_name = tasks.register_pretraining_task(spec.objective, spec.architecture, source,
                                                 vocabulary)
     shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
-    dataset = tasks.get_dataset(task_name, spec.architecture, spec.objective, feature_lengths,
-                                split=split, seed=spec.seed, shuffle=shuffle,
-                                shard_info=shard_info, pack=spec.pack, num_epochs=num_epochs)
+    with _building():
+        dataset = tasks.get_dataset(task_name, spec.architecture, spec.objective, feature_lengths,
+                                    split=split, seed=spec.seed, shuffle=shuffle,
+                                    shard_info=shard_info, pack=spec.pack, num_epochs=num_epochs)
     if batch_size is not None:
         dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset
@@ -101,24 +137,26 @@ def build_dataset(spec: DataSpec, *, batch_size: Optional[int] = None, split: st
 
 def pretraining_batches(spec: DataSpec, global_batch_size: int, *, start_step: int = 0,
                         host_index: int = 0, num_hosts: int = 1,
-                        split: str = "train") -> Iterator[Mapping[str, np.ndarray]]:
-    """Yields this host's share of every global batch, from ``start_step`` on.
+                        split: str = "train") -> "Batches":
+    """This host's share of every global batch, from ``start_step`` on.
 
     Args:
       spec: the stream.
       global_batch_size: rows per step over all hosts; must divide evenly among hosts.
-      start_step: first step to yield (resume); batches before it are skipped, not repeated.
+      start_step: first step to yield; the batches before it are replayed and dropped (resume
+        from a saved state instead: ``start_step=0``, then ``Batches.restore_state``).
       host_index: this host (``jax.process_index()``).
       num_hosts: number of hosts (``jax.process_count()``).
       split: source split.
 
-    Yields:
-      ``{feature name: np.ndarray [global_batch_size / num_hosts, length]}``.
+    Returns:
+      ``Batches``, an iterator of ``{feature name: np.ndarray [global_batch_size / num_hosts,
+      length]}``.
     """
     _check_stream(global_batch_size, num_hosts, start_step)
-    dataset = build_dataset(spec, batch_size=global_batch_size // num_hosts, split=split,
-                            shard_index=host_index, num_shards=num_hosts)
-    return _from_step(dataset, start_step)
+    return Batches(functools.partial(
+        build_dataset, spec, batch_size=global_batch_size // num_hosts, split=split,
+        shard_index=host_index, num_shards=num_hosts)).skip(start_step)
 
 
 def _check_stream(global_batch_size: int, num_hosts: int, start_step: int) -> None:
@@ -129,22 +167,12 @@ def _check_stream(global_batch_size: int, num_hosts: int, start_step: int) -> No
         raise ValueError(f"start_step={start_step}: must be >= 0")
 
 
-def _from_step(dataset, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
-    """Numpy batches of ``dataset`` from batch ``start_step`` on, in a fixed order."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.deterministic = True  # parallel maps must not reorder elements
-    dataset = dataset.with_options(options).skip(start_step).prefetch(tf.data.AUTOTUNE)
-    return dataset.as_numpy_iterator()
-
-
 def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_size: int, *,
                 inputs_length: int, targets_length: int, seed: int = 0, pack: bool = True,
                 start_step: int = 0, host_index: int = 0, num_hosts: int = 1,
-                ) -> Iterator[Mapping[str, np.ndarray]]:
+                ) -> "Batches":
     """Multitask-finetuning batches from the T0 training mixture (PAPER.md 3.3), like
-    ``pretraining_batches``: deterministic in ``seed``, this host's share, resumable by skipping.
+    ``pretraining_batches``: deterministic in ``seed``, this host's share, resumable.
 
     The prompted examples (``inputs`` without EOS, ``targets`` with it, as T0 built them) go
     through the architecture's converter, as the study's MTF gins did: ED ``EncDecFeatureConverter``
@@ -178,14 +206,314 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
 
     lengths = {"inputs": inputs_length, "targets": targets_length}
     shard_info = seqio.ShardInfo(host_index, num_hosts) if num_hosts > 1 else None
-    dataset = mixture.get_dataset(sequence_length=lengths, split="train", shuffle=True, seed=seed,
-                                  shard_info=shard_info, num_epochs=None)
-    converter = (seqio.EncDecFeatureConverter(pack=pack) if architecture == "ed" else
-                 seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
-    dataset = converter(dataset, lengths).batch(global_batch_size // num_hosts,
-                                                drop_remainder=True)
-    return _from_step(dataset, start_step)
 
+    def build() -> Any:
+        with _building():
+            dataset = mixture.get_dataset(sequence_length=lengths, split="train", shuffle=True,
+                                          seed=seed, shard_info=shard_info, num_epochs=None)
+        converter = (seqio.EncDecFeatureConverter(pack=pack) if architecture == "ed" else
+                     seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
+        return converter(dataset, lengths).batch(global_batch_size // num_hosts,
+                                                 drop_remainder=True)
+
+    return Batches(build).skip(start_step)
+
+
+# -------------------------------------------------------------------------------------------------
+# The iterator and its state.
+# -------------------------------------------------------------------------------------------------
+
+class DataStateError(ValueError):
+    """A saved iterator state that cannot be restored (missing, damaged, another pipeline)."""
+
+
+class Batches:
+    """Numpy batches from one ``tf.data`` iterator whose position can be saved and restored.
+
+    The iterator (created on first use) is a plain ``tf.data`` iterator, not ``as_numpy_iterator``,
+    so that ``tf.train.Checkpoint(iterator=...)`` can save it; batches are converted to numpy one by
+    one. Nothing reads ahead outside tf.data (its own prefetch buffer is part of the saved state), so
+    the state saved after ``n`` batches were taken is exactly "the next batch is batch ``n``".
+
+    Only the first iterator of a dataset is the stream: tf.data draws new shuffle seeds for every
+    further pass over a dataset object (``reshuffle_each_iteration``), so after a failed
+    ``restore_state`` the pipeline is built again (``build``), never iterated a second time.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        """Builds the (batched) dataset with ``build()`` and sets the options that make its order
+        deterministic; ``build`` is called again only after a failed ``restore_state``."""
+        self._build = build
+        self._dataset = self._prepare(build())
+        self._iterator = None
+        self._taken = 0  # batches taken from this iterator (replayed ones included)
+        self._problem: Optional[str] = None  # why save_state failed, once it has
+        _OPEN.add(self)
+
+    @staticmethod
+    def _prepare(dataset: Any) -> Any:
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.deterministic = True  # parallel maps must not reorder elements
+        # The sources' readers (checkpointable_from_generator) are Python functions, which tf.data
+        # counts as external state; their position is the saved Dataset.range's, so their own
+        # state is not needed. (seqio's random preprocessors are stateless; a stateful op elsewhere
+        # would restart on restore, which the exact-resume tests would show.)
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE)
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    def _tf_iterator(self) -> Any:
+        if self._iterator is None:
+            self._iterator = iter(self._dataset)
+        return self._iterator
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        element = next(self._tf_iterator())
+        self._taken += 1
+        return {name: tensor.numpy() for name, tensor in element.items()}
+
+    def close(self) -> None:
+        """Drops the iterator (its threads stop); the stream cannot be read after this."""
+        self._iterator = None
+        self._dataset = None
+
+    def skip(self, count: int) -> "Batches":
+        """Replays and drops the next ``count`` batches (resume without a saved state)."""
+        iterator = self._tf_iterator()
+        for _ in range(count):
+            next(iterator)  # tensors only: no numpy copies of batches that are dropped
+        self._taken += count
+        return self
+
+    def save_state(self, prefix: str) -> None:
+        """Writes the iterator's state to ``prefix.index`` and ``prefix.data-*`` (synchronously).
+
+        Raises:
+          DataStateError: in one line, if the pipeline cannot be saved (a dataset tf.data cannot
+            checkpoint, such as TensorFlow's own ``from_generator``); once it has failed, every
+            later call fails at once with the same reason and writes nothing.
+        """
+        import tensorflow as tf
+
+        if self._problem is None:
+            try:
+                tf.train.Checkpoint(iterator=self._tf_iterator()).write(prefix)
+                return
+            except (tf.errors.OpError, ValueError, TypeError) as e:
+                self._problem = _one_line(e)
+        raise DataStateError(f"the input pipeline's state cannot be saved ({self._problem})")
+
+    def restore_state(self, prefix: str) -> None:
+        """Puts back a state written by ``save_state``; the next batch is the one that was next.
+
+        Raises:
+          DataStateError: in one line, if the state cannot be read or does not fit this pipeline;
+            the stream is then at its start again (a newly built pipeline: ``skip`` from there).
+          ValueError: if batches were already taken from this iterator.
+        """
+        import tensorflow as tf
+
+        if self._taken:
+            raise ValueError(f"restore_state({prefix}): {self._taken} batches were already taken; "
+                             "restore into a new iterator")
+        try:
+            tf.train.Checkpoint(iterator=self._tf_iterator()).read(prefix).assert_consumed()
+        # TensorFlow's checkpoint reader raises many types for damaged files (OpError, IndexError
+        # "Read less bytes than requested", AssertionError for a state of another pipeline...).
+        except Exception as e:  # pylint: disable=broad-exception-caught
+            # Neither the half-restored iterator nor a second pass over its dataset is the stream.
+            self._iterator = None
+            self._dataset = self._prepare(self._build())
+            raise DataStateError(f"{prefix}: {_one_line(e)}") from e
+
+
+# Every Batches not yet garbage collected. Their iterators are dropped before the interpreter shuts
+# down: a tf.data thread calling into Python (a source reader) while the interpreter finalizes
+# waits for the GIL forever, and so does the finalizing thread that destroys the iterator (seen
+# with a busy pipeline held by a module global at exit).
+_OPEN: "weakref.WeakSet[Batches]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_batches() -> None:
+    for batches in list(_OPEN):
+        batches.close()
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """A TensorFlow error's first line (they carry graph dumps below), at most ``limit`` chars."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# -------------------------------------------------------------------------------------------------
+# While a pipeline is built: checkpointable generator sources, tasks traced without autograph.
+# -------------------------------------------------------------------------------------------------
+
+_INT64_MAX = np.iinfo(np.int64).max
+_TASK_PATCH_LOCK = threading.Lock()
+_GENERATOR_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _building() -> Iterator[None]:
+    """What this module changes while it builds a pipeline (``checkpointable_sources`` and
+    ``tasks_without_autograph``); neither changes an element of the stream."""
+    with checkpointable_sources(), tasks_without_autograph():
+        yield
+
+
+@contextlib.contextmanager
+def tasks_without_autograph() -> Iterator[None]:
+    """While active, ``seqio.Task.get_dataset`` traces its preprocessors without autograph.
+
+    Autograph rewrites every function a ``Dataset.map`` traces so that Python control flow on
+    tensors becomes graph control flow; converting the t5/seqio preprocessors costs about half of a
+    pipeline's first build in a process (measured: 10 s -> 5 s for nd:mlm's task, 6 s -> 3.5 s per
+    build for the 20-task MTF mixture of the tiny world). None of this project's task preprocessors
+    branch on tensors, and any that did would fail loudly when traced without autograph
+    (``OperatorNotAllowedInGraphError``, a ``TypeError``), never change silently: such a task is
+    traced again with autograph. The feature converters, whose packing loops over tensors, keep it.
+    """
+    import seqio
+    from tensorflow.python.autograph.core import ag_ctx  # the switch tf.function's autograph reads
+
+    with _TASK_PATCH_LOCK:
+        original = seqio.Task.__dict__["get_dataset"]
+
+        @functools.wraps(original)
+        def get_dataset(self, *args, **kwargs):
+            try:
+                with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
+                    return original(self, *args, **kwargs)
+            except TypeError:
+                return original(self, *args, **kwargs)
+
+        seqio.Task.get_dataset = get_dataset
+        try:
+            yield
+        finally:
+            seqio.Task.get_dataset = original
+
+
+@contextlib.contextmanager
+def checkpointable_sources() -> Iterator[None]:
+    """While active, ``tf.data.Dataset.from_generator(gen, output_signature=...)`` builds
+    ``checkpointable_from_generator(gen, output_signature)``: the same elements, in the same order.
+
+    objectives/sources.py and objectives/t0.py build their datasets with ``from_generator``; this
+    swaps the op under them while this module builds a pipeline, and only then (other callers, and
+    other forms of the call, get TensorFlow's).
+    """
+    import tensorflow as tf
+
+    with _GENERATOR_PATCH_LOCK:
+        descriptor = tf.data.Dataset.__dict__["from_generator"]
+        original = tf.data.Dataset.from_generator
+
+        def from_generator(generator, output_types=None, output_shapes=None, args=None,
+                           output_signature=None, name=None):
+            if output_signature is None or args is not None or output_types is not None \
+                    or output_shapes is not None:
+                return original(generator, output_types, output_shapes, args, output_signature,
+                                name)
+            return checkpointable_from_generator(generator, output_signature)
+
+        tf.data.Dataset.from_generator = staticmethod(from_generator)
+        try:
+            yield
+        finally:
+            tf.data.Dataset.from_generator = descriptor
+
+
+def checkpointable_from_generator(generator: Callable[[], Iterable[Any]],
+                                  output_signature: Any) -> Any:
+    """``tf.data.Dataset.from_generator(generator, output_signature=...)`` that tf.data can save.
+
+    Element ``i`` of a pass is read by a Python function called with ``i`` from a
+    ``Dataset.range``, so the saved state of a pass is the range's position. The reader keeps one
+    open generator and its position: reading ``i`` at the position is ``next()``; any other ``i``
+    (after a restore, or a new pass) re-opens the generator and skips to ``i``. ``generator`` must
+    give the same sequence each time it is called (a seeded source does). One pass at a time: two
+    iterators read at once would re-open the generator as they interleave (correct, but slow).
+
+    Args:
+      generator: a callable returning an iterable of elements (re-called for every pass).
+      output_signature: a nest of ``tf.TensorSpec`` (dicts, tuples, lists) of one element.
+
+    Returns:
+      A ``tf.data.Dataset`` of the generator's elements.
+    """
+    import tensorflow as tf
+
+    specs = tf.nest.flatten(output_signature)
+    reader = _SourceReader(generator, output_signature, specs)
+
+    def read(index: Any) -> Any:
+        # Stateful: tf.data keeps the calls sequential and in order (never parallel).
+        flags_and_values = tf.numpy_function(reader.read, [index],
+                                             [tf.bool] + [s.dtype for s in specs], stateful=True)
+        flags_and_values[0].set_shape(())
+        for tensor, spec in zip(flags_and_values[1:], specs):
+            tensor.set_shape(spec.shape)  # numpy_function drops shapes
+        return tuple(flags_and_values)
+
+    def unflatten(more: Any, *values: Any) -> Any:
+        del more
+        return tf.nest.pack_sequence_as(output_signature, list(values))
+
+    return (tf.data.Dataset.range(_INT64_MAX).map(read)
+            .take_while(lambda more, *values: more).map(unflatten))
+
+
+class _SourceReader:
+    """The Python side of ``checkpointable_from_generator``: element ``i`` of the generator."""
+
+    def __init__(self, generator: Callable[[], Iterable[Any]], signature: Any,
+                 specs: list) -> None:
+        self.generator = generator
+        self.signature = signature
+        self.dtypes = [spec.dtype.as_numpy_dtype for spec in specs]
+        self.end = [np.bool_(False)] + [
+            np.zeros([0 if d is None else d for d in spec.shape.as_list()],
+                     spec.dtype.as_numpy_dtype) for spec in specs]
+        self.lock = threading.Lock()
+        self.iterator: Optional[Iterator[Any]] = None
+        self.position = 0  # index of the element the open generator yields next
+        self.reopened = 0  # times the generator was (re-)opened, for tests and benchmarks
+
+    def read(self, index: Any) -> list:
+        index = int(index)
+        with self.lock:
+            if self.iterator is None or index < self.position:
+                self.iterator, self.position = iter(self.generator()), 0
+                self.reopened += 1
+            try:
+                while self.position < index:  # after a restore: skip what was read before
+                    next(self.iterator)
+                    self.position += 1
+                element = next(self.iterator)
+                self.position += 1
+            except StopIteration:
+                return self.end
+        return [np.bool_(True)] + [np.asarray(value, dtype) for value, dtype in
+                                   zip(_flatten_like(self.signature, element), self.dtypes)]
+
+
+def _flatten_like(signature: Any, value: Any) -> list:
+    """``value``'s leaves in ``tf.nest.flatten(signature)`` order (dict keys sorted)."""
+    if isinstance(signature, Mapping):
+        return [leaf for key in sorted(signature) for leaf in
+                _flatten_like(signature[key], value[key])]
+    if isinstance(signature, (tuple, list)):
+        return [leaf for spec, item in zip(signature, value) for leaf in _flatten_like(spec, item)]
+    return [value]
 
 # -------------------------------------------------------------------------------------------------
 # Inspection: what exactly is the model fed (``archobj data preview``), and how fast

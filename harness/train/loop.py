@@ -18,6 +18,16 @@ step and RNG from the newest restorable checkpoint, and its data stream restarts
 resumes only with the configuration it started with, records the restart in ``config.json`` and
 logs each step once (``harness/train/run_record.py``).
 
+The data stream resumes from the input pipeline's state saved in the checkpoint (t5x's
+``save_dataset``: a cost that does not grow with the step), or, for a checkpoint without one (written
+before states were saved) or with one that cannot be read, by replaying the stream up to the step;
+one log line says which. Both are exact. A pipeline whose state cannot be saved is said once (by the
+checkpointer), and its checkpoints hold none.
+
+Start-up is logged in one line when the first step of an invocation is done: how long each phase
+took (checks, model state, data: build, position, first batch; compile and first step) and the wall
+time (``first step done at <unix time>``, which ``archobj bench resume`` reads).
+
 Nothing is written and nothing compiled before ``preflight`` has checked the configuration, the
 files it names and the run directory.
 """
@@ -78,7 +88,8 @@ class StageResult:
     skipped_checkpoints: tuple  # damaged checkpoints skipped on restore: ((step, reason), ...)
 
 
-def _batches(config: config_lib.RunConfig, start_step: int) -> Iterator[Mapping[str, np.ndarray]]:
+def _batches(config: config_lib.RunConfig, start_step: int = 0) -> Any:
+    """The stage's ``harness.train.data.Batches``, replayed to ``start_step``."""
     from harness.train import data
 
     host = {"start_step": start_step, "host_index": jax.process_index(),
@@ -94,6 +105,34 @@ def _batches(config: config_lib.RunConfig, start_step: int) -> Iterator[Mapping[
                          total_length=config.data.total_length, text_field=config.data.text_field,
                          seed=config.data.seed, pack=config.data.pack)
     return data.pretraining_batches(spec, config.train.batch_size, **host)
+
+
+def _position_stream(batches: Any, checkpointer: TrainCheckpointer, start: int) -> str:
+    """Positions a fresh stream at the first batch of step ``start``; returns how, in a few words.
+
+    From the data state saved with checkpoint ``start`` if it has one that restores; else by
+    replaying ``start`` batches (exact too, and what checkpoints written before data states were
+    saved resume with). One log line says which.
+    """
+    from harness.train.data import DataStateError
+
+    if start == 0:
+        return "from the start"
+    prefix = checkpointer.data_state(start)
+    if prefix is None:
+        log.warning("data: checkpoint %d holds no input-pipeline state (written before states were "
+                    "saved, by another number of processes, or by a pipeline that cannot save "
+                    "one); replaying %d batches", start, start)
+    else:
+        try:
+            batches.restore_state(str(prefix))
+            log.info("data: restored the input pipeline's state saved at step %d", start)
+            return "restored state"
+        except DataStateError as e:
+            log.warning("data: cannot restore the input pipeline's state (%s); replaying %d "
+                        "batches instead", e, start)
+    batches.skip(start)
+    return f"replayed {start} batches"
 
 
 def _initial_params(config: config_lib.RunConfig, abstract_params: Any, param_shardings: Any,
@@ -209,7 +248,9 @@ def preflight(config: config_lib.RunConfig) -> Optional[dict[str, list[Any]]]:
 
 def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageResult:
     """Runs (or resumes) one training stage; see the module docstring."""
+    clock = _StartupClock()
     changed = preflight(config)  # None: a new run
+    clock.mark("checks")
     run_dir = pathlib.Path(config.run_dir)
     model_config = config.model_config()
     train, optim = config.train, config.optim
@@ -256,6 +297,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             rng, tokens_seen = rng_from_meta(meta), int(meta["tokens_seen"])
             tokens_trained = float(meta.get("tokens_trained", 0.0))
             log.info("resumed %s at step %d", run_dir, start)
+            clock.mark("model state (restored)")
         elif optim.carry_state:
             start, rng, tokens_seen, tokens_trained = 0, jax.random.key(train.seed), 0, 0.0
             _initial_params(config, abstract_params, None, mesh, check_only=True)
@@ -266,9 +308,12 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                                params=params, opt_state=opt_state)
             log.info("carried optimizer state and step %d from %s", upstream_step,
                      config.stage.init_from)
+            clock.mark("model state (carried)")
         else:
             start, rng, tokens_seen, tokens_trained = 0, jax.random.key(train.seed), 0, 0.0
             state = make_state(_initial_params(config, abstract_params, param_shardings, mesh))
+            clock.mark("model state (new)" if config.stage.init_from is None else
+                       "model state (from stage.init_from)")
 
         if changed is not None and (start < train.steps or changed):
             # A restart: each step is logged once, and the restart is recorded, never rewritten.
@@ -295,7 +340,9 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                                 purge_step=None if changed is None else start + 1)
         bar = _progress_bar(start, train.steps, progress)
         flops_per_step = config_lib.flops_per_row(config) * train.batch_size
-        batches = _batches(config, start)
+        batches = _batches(config)
+        clock.mark("data: build")
+        clock.mark(f"data: position ({_position_stream(batches, checkpointer, start)})")
         stop = stack.enter_context(_stop_on_signals())
         pending: Optional[tuple[int, Any, int]] = None  # (step, metrics, tokens seen), one step late
         window_start, window_tokens = time.perf_counter(), 0
@@ -337,13 +384,20 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                         checkpointer.save(step, state.params, state.opt_state,
                                           {"rng": rng, "tokens_seen": tokens_seen,
                                            "tokens_trained": tokens_trained,
-                                           "state_step": int(state.step)}, force=True)
+                                           "state_step": int(state.step)}, force=True,
+                                          data=batches)
                     checkpointer.wait()
                     raise run_record.Preempted(run_dir, step, stop[0])
                 batch = next(batches)
+                if step == start:
+                    clock.mark("data: first batch")
                 seen = sum(int(np.count_nonzero(batch[k])) for k in
                            ("decoder_target_tokens", "encoder_input_tokens") if k in batch)
                 state, metrics = step_fn(state, jax.device_put(dict(batch), batch_sharding), rng)
+                if step == start:  # one wait, for the start-up record
+                    jax.block_until_ready(metrics)
+                    clock.mark("compile and first step")
+                    clock.report(step + 1)
                 if pending is not None:
                     finish(*pending)
                 tokens_seen += seen * jax.process_count()
@@ -358,7 +412,7 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                                       {"rng": rng, "tokens_seen": tokens_seen,
                                        "tokens_trained": tokens_trained,
                                        "state_step": int(state.step)},
-                                      force=step + 1 == train.steps)
+                                      force=step + 1 == train.steps, data=batches)
             if pending is not None:
                 finish(*pending)
         finally:
@@ -367,6 +421,24 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             bar.close()
     return StageResult(run_dir=run_dir, first_step=start, last_step=train.steps, losses=losses,
                        skipped_checkpoints=skipped)
+
+
+class _StartupClock:
+    """Times the phases of a stage's start-up; ``report`` logs them in one line."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((phase, now - self.last))
+        self.last = now
+
+    def report(self, step: int) -> None:
+        phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.phases)
+        log.info("start-up: %.2f s to step %d (%s); first step done at %.3f",
+                 self.last - self.start, step, phases, time.time())
 
 
 @contextlib.contextmanager

@@ -10,8 +10,20 @@ A training run uses the same directory format as ``harness.storage.checkpoint`` 
         2000/opt_state/...        ocp.args.StandardSave of the optimizer state pytree
         2000/meta/metadata        ocp.args.JsonSave: {"step", "rng", "rng_impl", "data_position",
                                   "tokens_seen", ...extra keys of the loop}
+        2000/data/iterator-0-of-1.index, .data-00000-of-00001
+                                  the input pipeline's state (``save(data=...)``): one
+                                  ``tf.train.Checkpoint`` of the tf.data iterator per process,
+                                  named ``iterator-<process index>-of-<process count>`` (t5x's
+                                  ``save_dataset``); absent in checkpoints saved without it
 
 so ``harness.storage.checkpoint.load_model(run_dir)`` loads the parameters of any training step.
+
+The data state is written inside the step, before ``save`` returns, while orbax still writes into
+the step's temporary directory: it is committed with the step, or not at all. It is optional on
+restore: ``data_state(step)`` says whether this process's file is there, and the caller
+(``harness/train/loop.py``) restores it with ``harness.train.data.Batches.restore_state``, or
+replays the stream when it is absent (a checkpoint written before data states were saved) or
+damaged. A step is never skipped for its data state: replaying is exact, only slower.
 
 Which steps survive garbage collection: the newest ``keep`` steps, plus every step named in
 ``keep_steps`` (the study's 42B/84B/168B-token checkpoints), forever. orbax 0.12.8 has no
@@ -62,6 +74,7 @@ from models.transformer import abstract_params as model_abstract_params
 
 OPT_STATE_ITEM = "opt_state"
 META_ITEM = "meta"
+DATA_ITEM = "data"
 # Keys of the "meta" item that the checkpointer fills in itself; the loop may add any others.
 META_KEYS = ("step", "rng", "rng_impl", "data_position", "tokens_seen")
 
@@ -157,7 +170,8 @@ class TrainCheckpointer:
             self.directory, options=options,
             item_handlers={PARAMS_ITEM: ocp.StandardCheckpointHandler(),
                            OPT_STATE_ITEM: ocp.StandardCheckpointHandler(),
-                           META_ITEM: ocp.JsonCheckpointHandler()})
+                           META_ITEM: ocp.JsonCheckpointHandler(),
+                           DATA_ITEM: DataStateHandler()})
 
     # ---------------------------------------------------------------------------------------------
     # Saving.
@@ -168,7 +182,7 @@ class TrainCheckpointer:
         return step in self.keep_steps or step % self.every == 0
 
     def save(self, step: int, params: Any, opt_state: Any, meta: Mapping[str, Any], *,
-             force: bool = False) -> bool:
+             force: bool = False, data: Any = None) -> bool:
         """Saves one training state under ``checkpoints/<step>`` (asynchronously if configured).
 
         Returns once the arrays are copied to host memory: the caller may then donate or overwrite
@@ -182,6 +196,9 @@ class TrainCheckpointer:
             int (default: step), ...}``; extra keys must be JSON-serialisable (numpy and jax scalars
             and arrays are converted). ``"step"``, if present, must equal ``step``.
           force: save even if ``should_save(step)`` is False.
+          data: the input stream (``harness.train.data.Batches``) positioned at the first batch of
+            step ``step``, or None; its state is written into the step (module doc) before this
+            returns, so the caller may read on at once.
 
         Returns:
           True if a save was started, False if the step is not on the schedule.
@@ -220,9 +237,12 @@ class TrainCheckpointer:
             self._unrestorable.clear()
             self._manager.reload()
 
-        args = ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardSave(params),
-                                     OPT_STATE_ITEM: ocp.args.StandardSave(opt_state),
-                                     META_ITEM: ocp.args.JsonSave(document)})
+        items = {PARAMS_ITEM: ocp.args.StandardSave(params),
+                 OPT_STATE_ITEM: ocp.args.StandardSave(opt_state),
+                 META_ITEM: ocp.args.JsonSave(document)}
+        if data is not None:
+            items[DATA_ITEM] = DataStateSave(data)
+        args = ocp.args.Composite(**items)
         try:
             # force=True: the schedule was decided above; orbax's own policy would also skip
             # every step below the newest one on disk, even one that was skipped as damaged.
@@ -279,6 +299,16 @@ class TrainCheckpointer:
     def is_empty(self) -> bool:
         """True if the run has neither a committed step nor a partial save: start from scratch."""
         return not self.all_steps() and not self.partial_steps()
+
+    def data_state(self, step: int) -> Optional[pathlib.Path]:
+        """This process's data-state prefix in committed step ``step``, or None if it has none.
+
+        None for a checkpoint written without a stream (before data states were saved, or by a
+        pipeline that cannot save one) or by another number of processes. Whether the files read
+        is for the stream's ``restore_state`` to say.
+        """
+        prefix = self.directory / str(step) / DATA_ITEM / data_state_name()
+        return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
 
     def restore(self, step: Optional[int] = None, *, abstract_params: Any,
                 abstract_opt_state: Any, shardings: Optional[Mapping[str, Any]] = None,
@@ -483,6 +513,66 @@ class TrainCheckpointer:
 
 class _DamagedStep(Exception):
     """A committed step whose files cannot be restored (the message is one line)."""
+
+
+# -------------------------------------------------------------------------------------------------
+# The "data" item: the input pipeline's state, one file per process.
+# -------------------------------------------------------------------------------------------------
+
+def data_state_name(process_index: Optional[int] = None,
+                    process_count: Optional[int] = None) -> str:
+    """The file prefix of one process's data state in ``<step>/data/``."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    return f"iterator-{index}-of-{count}"
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Writes (and reads) each process's input-pipeline state into the ``data`` item directory.
+
+    The stream is anything with ``save_state(prefix)`` and ``restore_state(prefix)``
+    (``harness.train.data.Batches``): TensorFlow is imported by the stream, not here. Synchronous:
+    the state is the stream's position when ``save`` is called, not later.
+
+    A stream that cannot be saved (its ``save_state`` raises ``ValueError``: a dataset tf.data
+    cannot checkpoint) costs the step its data state, not the step: the reason is logged once, the
+    item stays empty, and a restart from the step replays the stream (exact, slower).
+    """
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def save(self, directory: Any, args: "DataStateSave") -> None:
+        try:
+            args.stream.save_state(os.fspath(pathlib.Path(directory) / data_state_name()))
+        except ValueError as e:
+            if not self._warned:
+                logger.warning("%s: %s; checkpoints hold no data state, and a restart replays the "
+                               "stream to its step", pathlib.Path(directory).parent, one_line(e))
+                self._warned = True
+
+    def restore(self, directory: Any, args: Optional["DataStateRestore"] = None) -> Any:
+        if args is None:
+            raise CheckpointError(f"{directory}: restoring a data state needs the stream to restore "
+                                  "into (DataStateRestore(stream))")
+        args.stream.restore_state(os.fspath(pathlib.Path(directory) / data_state_name()))
+        return args.stream
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    """Save args of the ``data`` item: the stream whose state is written."""
+
+    stream: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    """Restore args of the ``data`` item: the (new, unread) stream to restore into."""
+
+    stream: Any
 
 
 # -------------------------------------------------------------------------------------------------
