@@ -66,6 +66,12 @@ class ModelConfig:
       dtype: compute dtype (activations); bfloat16 in the study.
       param_dtype: storage dtype of the parameters; float32 in the study.
       remat_policy: see ``REMAT_POLICIES``.
+      scan_unroll: layers per iteration of the scan over layers (``nn.scan``'s ``unroll``); at
+        ``num_layers`` or more the stack compiles as straight-line code. The parameter tree is the
+        same either way (one array per weight with a leading layers axis). Unrolling lets XLA fuse
+        across layers and drops the loop's per-iteration slicing and stacking of weights and saved
+        activations: the ``mini`` preset's training step runs 1.2-1.3x faster on a 2-core CPU.
+        Compile time grows with the unrolled depth, so large presets keep 1.
       layer_norm_epsilon: RMSNorm epsilon (1e-6 in T5).
     """
 
@@ -85,12 +91,13 @@ class ModelConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    scan_unroll: int = 1
     layer_norm_epsilon: float = 1e-6
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, tuple(ARCHITECTURES))
         for name in ("vocab_size", "d_model", "num_heads", "d_ff", "num_layers",
-                     "relpos_num_buckets", "relpos_max_distance"):
+                     "relpos_num_buckets", "relpos_max_distance", "scan_unroll"):
             _check_positive_int(name, getattr(self, name))
         if self.head_dim is None:
             if self.d_model % self.num_heads:
@@ -183,6 +190,11 @@ _WIDTHS: dict[str, dict[str, int]] = {
     "paper-encdec": dict(vocab_size=32128, d_model=4096, num_heads=64, head_dim=64, d_ff=10240,
                          num_layers=24),
 }
+# How a preset runs, where it differs from the ModelConfig defaults (the model computed is the
+# same). mini's 4 layers unrolled: measured by harness/bench/tiny_bench.py.
+_EXECUTION: dict[str, dict[str, Any]] = {
+    "mini": dict(scan_unroll=4),
+}
 # Presets that fix the architecture family; the others take any architecture.
 _PRESET_ARCHITECTURES = {"paper-decoder": DECODER_ONLY, "paper-encdec": ("ed",)}
 _DEFAULT_ARCHITECTURE = {"paper-decoder": "cd", "paper-encdec": "ed"}
@@ -209,7 +221,8 @@ def preset(name: str, architecture: str | None = None, **overrides: Any) -> Mode
     if architecture not in allowed:
         raise ValueError(
             f"architecture={architecture!r}: preset {name!r} allows {list(allowed)}")
-    values: dict[str, Any] = dict(_WIDTHS[name], architecture=architecture)
+    values: dict[str, Any] = dict(_WIDTHS[name], **_EXECUTION.get(name, {}),
+                                  architecture=architecture)
     if architecture == "ed":
         values["num_encoder_layers"] = values["num_layers"]
     values.update(overrides)
