@@ -7,6 +7,7 @@ so ``archobj --help`` answers at once and never imports TensorFlow.
     archobj bench [--quick] [--out DIR]         every benchmark below, recorded in DIR (bench/)
     archobj bench train [--preset P] [--arch A]   time the training step (PERF.md protocol)
     archobj bench eval [--quick]                loglikelihood requests/s: archobj vs lm-eval's HF
+    archobj bench tiny                          the tiny grid's step vs a hand-written decoder
     archobj bench data [--shape S]              each pipeline against the step it feeds
     archobj bench resume [--step K ...]         launch-to-first-step time after a restart at k
     archobj convert hf-t5 SRC_DIR DST_DIR       Hugging Face T5 / T5-LM / T0 checkpoint -> archobj
@@ -131,6 +132,15 @@ def _bench_data(args: argparse.Namespace, log):
                               log=log)
 
 
+def _bench_tiny(args: argparse.Namespace, log):
+    from harness.bench.tiny_bench import run_tiny_benchmark
+
+    log("the tiny grid's shapes: the harness's step and a hand-written JAX decoder, interleaved")
+    return run_tiny_benchmark(args.case, dtype=args.dtype,
+                              steps=3 if args.quick else args.steps,
+                              repeats=2 if args.quick else args.repeats, warmup=args.warmup)
+
+
 def _bench_resume(args: argparse.Namespace, log):
     from harness.bench.resume_bench import DEFAULT_STEPS, QUICK_STEPS, run_resume_benchmark
 
@@ -140,8 +150,8 @@ def _bench_resume(args: argparse.Namespace, log):
                                 total_length=args.length, workdir=args.workdir, report=log)
 
 
-_BENCH_RUNNERS = {"train": _bench_train, "eval": _bench_eval, "data": _bench_data,
-                  "resume": _bench_resume}
+_BENCH_RUNNERS = {"train": _bench_train, "tiny": _bench_tiny, "eval": _bench_eval,
+                  "data": _bench_data, "resume": _bench_resume}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -576,6 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default: write one into a temporary directory)")
     bench_data.add_argument("--batches", type=int, default=20, help="timed pipeline batches")
     _add_bench_record_arguments(bench_data, quick="tiny shape only, 5 batches, 2 x 2 steps")
+    bench_tiny = bench_commands.add_parser(
+        "tiny", help="the tiny grid's training step against a hand-written JAX decoder of the "
+                     "same shape (plain jnp), side by side: the harness's overhead")
+    bench_tiny.add_argument("--case", choices=("cd", "nd", "ed", "ed_plm"), action="append",
+                            help="tiny-grid shape; repeat for several (default all four)")
+    bench_tiny.add_argument("--steps", type=int, default=10, help="steps per timed interval")
+    bench_tiny.add_argument("--repeats", type=int, default=5, help="timed intervals of each")
+    bench_tiny.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
+    bench_tiny.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    _add_bench_record_arguments(bench_tiny, "3-step intervals, 2 of each")
     bench_resume = bench_commands.add_parser(
         "resume", help="seconds from launching `archobj train` to its first step after a restart "
                        "at step k, for several k: with the saved data-iterator state and by "
@@ -590,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_resume.add_argument("--length", type=int, default=128, help="data.total_length")
     bench_resume.add_argument("--workdir", help="keep the corpus and run directories here")
     _add_bench_record_arguments(bench_resume, "fewer k (about a minute)")
-    for sub in (bench_train, bench_eval, bench_data, bench_resume):
+    for sub in (bench_train, bench_tiny, bench_eval, bench_data, bench_resume):
         sub.set_defaults(handler=_cmd_bench)
 
     convert = commands.add_parser("convert", help="import checkpoints from other frameworks")
