@@ -25,9 +25,7 @@ the position phases, not single seconds.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -212,36 +210,3 @@ def _cut_back(trained: pathlib.Path, run_dir: pathlib.Path, step: int, drop_data
             shutil.rmtree(path)
     if drop_data:
         shutil.rmtree(run_dir / "checkpoints" / str(step) / "data")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``archobj bench resume``."""
-    parser.add_argument("--step", type=int, action="append", dest="steps",
-                        help=f"restart step k; repeat for several (default: "
-                             f"{', '.join(map(str, DEFAULT_STEPS))})")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"k = {', '.join(map(str, QUICK_STEPS))} only (about a minute)")
-    parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    parser.add_argument("--arch", default="cd", choices=("cd", "nd", "ed"))
-    parser.add_argument("--objective", default="mlm", choices=("flm", "plm", "mlm"))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--length", type=int, default=128, help="data.total_length")
-    parser.add_argument("--workdir", help="keep the corpus and run directories here")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Runs the benchmark from parsed ``add_arguments`` options; prints it; returns 0."""
-    steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
-    result = run_resume_benchmark(steps, preset=args.preset, architecture=args.arch,
-                                  objective=args.objective, batch_size=args.batch_size,
-                                  total_length=args.length, workdir=args.workdir,
-                                  report=lambda line: print(line, flush=True))
-    print(json.dumps(result.as_dict(), indent=1) if args.json else result.format())
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))

@@ -47,7 +47,7 @@ intervals of ``steps`` steps closed by ``jax.block_until_ready``, harness and re
 (the order alternates), medians over ``repeats`` intervals; the CPU matmul peak
 (``train_bench.measure_matmul_peak``) is measured in the same process before and after.
 
-Measured on the 2-core CPU (shared, ~2x noise; ``python -m harness.bench.tiny_bench --repeats 9``),
+Measured on the 2-core CPU (shared, ~2x noise; ``archobj bench tiny --repeats 9``),
 harness / hand-written tokens/s: before the ``mini`` preset unrolled its layers and the shared
 parameters' gradients became matmuls (models/layers.py), cd 0.73, nd 0.77, ed 0.75, ed_plm 0.87;
 after, cd 1.10, nd 1.10, ed 1.03, ed_plm 1.03.
@@ -55,9 +55,7 @@ after, cd 1.10, nd 1.10, ed 1.03, ed_plm 1.03.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -587,30 +585,3 @@ def run_tiny_benchmark(cases: Optional[list[str]] = None, *, dtype: str = "bfloa
         peaks.append(measure_matmul_peak(dtype, peak_sizes))
     return TinyBenchResult(cases=results, dtype=dtype, steps=steps, repeats=repeats,
                            peak_flops=max(peaks) if peaks else None, devices=jax.device_count())
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``archobj bench tiny``."""
-    parser.add_argument("--case", choices=tuple(CASES), action="append",
-                        help="tiny-grid shape; repeat for several (default: all four)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed interval")
-    parser.add_argument("--repeats", type=int, default=5, help="timed intervals of each step")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Runs the benchmark from parsed ``add_arguments`` options; prints it; returns 0."""
-    result = run_tiny_benchmark(args.case, dtype=args.dtype, steps=args.steps,
-                                repeats=args.repeats, warmup=args.warmup,
-                                measure_peak=not args.no_peak)
-    print(json.dumps(result.as_dict(), indent=1) if args.json else result.format())
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))
