@@ -383,40 +383,6 @@ class Reference:
 # The harness's step, set up as harness/train/loop.py does.
 # -------------------------------------------------------------------------------------------------
 
-def harness_setup(config: Any, batch_np: dict[str, np.ndarray], seed: int = 0
-                  ) -> tuple[Any, Any, Any, Any, Any]:
-    """``(compiled step, state, batch, rng, compile seconds)`` for the harness's train step."""
-    from harness.train.optim import logical_axes_of, make_optimizer, make_schedule
-    from harness.train.state import create_train_state, state_shardings
-    from harness.train.steps import make_train_step
-    from models import sharding
-    from models.transformer import Transformer, init_fn
-
-    mesh = sharding.make_mesh(-1, 1)
-    schedule = make_schedule("rsqrt", 1.0, 10_000, 200)
-    abstract = jax.eval_shape(init_fn(config), jax.random.key(seed))
-    optimizer = make_optimizer("adafactor", schedule,
-                               logical_axes=logical_axes_of(abstract["params"]))
-    param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
-    shardings = state_shardings(param_shardings, optimizer, abstract["params"], mesh)
-    rng = jax.random.key(seed)
-    with sharding.mesh_context(mesh):
-        params, _ = sharding.init_sharded(init_fn(config), rng, mesh)
-        state = jax.jit(lambda p: create_train_state(p, optimizer),
-                        out_shardings=shardings)(params["params"])
-        batch_sharding = jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec(sharding.DATA))
-        batch = {k: jax.device_put(v, batch_sharding) for k, v in batch_np.items()}
-        step = jax.jit(make_train_step(Transformer(config, enable_dropout=True), optimizer,
-                                       schedule),
-                       in_shardings=(shardings, batch_sharding, None),
-                       out_shardings=(shardings, None), donate_argnums=0)
-        start = time.perf_counter()
-        compiled = step.lower(state, batch, rng).compile()
-        seconds = time.perf_counter() - start
-    return compiled, state, batch, rng, seconds
-
-
 def _xla_flops(compiled: Any) -> Optional[float]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -526,7 +492,11 @@ def run_case(case: TinyCase, *, dtype: str = "bfloat16", steps: int = 10, repeat
     """Compiles, warms up and times the harness's and the reference's step on ``case``."""
     config = model_config(case, dtype, **(config_overrides or {}))
     batch_np = synthetic_batch(case, config.vocab_size, seed)
-    h_step, h_state, h_batch, rng, h_compile = harness_setup(config, batch_np, seed)
+    from harness.bench.train_bench import compile_train_step
+
+    compiled = compile_train_step(config, batch_np, seed=seed)
+    h_step, h_state, h_batch, rng = compiled.compiled, compiled.state, compiled.batch, compiled.rng
+    h_compile = compiled.compile_seconds
     reference = Reference(config)
     r_params = jax.tree.map(jnp.copy, from_harness_params(h_state.params))
     r_state = reference.init_state(r_params)

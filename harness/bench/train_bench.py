@@ -99,10 +99,11 @@ class BenchResult:
             f"{self.flops.total_full * self.batch_size:.3e} full-matrix",
         ]
         if self.xla_flops:
-            # XLA counts the body of the layer scan once, not once per layer.
+            # XLA counts the body of a layer scan once, not once per layer; an unrolled stack
+            # (ModelConfig.scan_unroll) is counted in full.
             lines.append(f"  XLA cost_analysis FLOPs/step {self.xla_flops:.3e} "
                          f"({self.xla_flops / (self.flops.total * self.batch_size):.2f}x analytic; "
-                         "XLA counts the scanned layer body once)")
+                         "a scanned layer body counts once)")
         if self.temp_bytes is not None:
             lines.append(f"  XLA temp memory {self.temp_bytes / 2**20:,.0f} MiB")
         tflops = self.model_flops_per_second / 1e12
@@ -207,17 +208,18 @@ class CompiledStep:
 
 def compile_train_step(config: ModelConfig, batch_np: Mapping[str, np.ndarray], *,
                        mesh_shape: tuple[int, int] = (-1, 1),
-                       microbatches: int = 1) -> CompiledStep:
+                       microbatches: int = 1, seed: int = 0) -> CompiledStep:
     """Compiles ``harness.train.steps.make_train_step`` with the study's Adafactor (PAPER.md 2.1)
-    for ``config`` on ``batch_np`` (any seqio model features: synthetic or from a pipeline)."""
+    for ``config`` on ``batch_np`` (any seqio model features: synthetic or from a pipeline), built
+    as the training loop builds it (dropout enabled, so a preset with dropout pays for it)."""
     mesh = sharding.make_mesh(*mesh_shape)
     schedule = make_schedule("rsqrt", 1.0, 10_000, 10)
-    abstract = jax.eval_shape(init_fn(config), jax.random.key(0))
+    abstract = jax.eval_shape(init_fn(config), jax.random.key(seed))
     optimizer = make_optimizer("adafactor", schedule, logical_axes=logical_axes_of(
         abstract["params"]))
     param_shardings = sharding.logical_to_shardings(abstract, mesh)["params"]
     shardings = state_shardings(param_shardings, optimizer, abstract["params"], mesh)
-    rng = jax.random.key(0)
+    rng = jax.random.key(seed)
     with sharding.mesh_context(mesh):
         params, _ = sharding.init_sharded(init_fn(config), rng, mesh)
         state = jax.jit(lambda p: create_train_state(p, optimizer),
@@ -225,8 +227,8 @@ def compile_train_step(config: ModelConfig, batch_np: Mapping[str, np.ndarray], 
         batch_sharding = jax.sharding.NamedSharding(
             mesh, jax.sharding.PartitionSpec(sharding.DATA))
         batch = {k: jax.device_put(v, batch_sharding) for k, v in batch_np.items()}
-        step = jax.jit(make_train_step(Transformer(config), optimizer, schedule,
-                                       num_microbatches=microbatches),
+        step = jax.jit(make_train_step(Transformer(config, enable_dropout=True), optimizer,
+                                       schedule, num_microbatches=microbatches),
                        donate_argnums=0, in_shardings=(shardings, batch_sharding, None),
                        out_shardings=(shardings, None))
         start = time.perf_counter()
