@@ -128,7 +128,7 @@ def _bench_data(args: argparse.Namespace, log):
     shapes = args.shape or (["tiny"] if args.quick else ["tiny", "small"])
     return run_data_benchmark(shapes=shapes, pairs=PAIRS, world=args.world,
                               batches=5 if args.quick else args.batches,
-                              steps=2 if args.quick else 5, repeats=2 if args.quick else 3,
+                              steps=2 if args.quick else None, repeats=2 if args.quick else 3,
                               log=log)
 
 

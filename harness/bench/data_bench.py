@@ -50,11 +50,13 @@ class Shape:
     total_length: int
     mtf_inputs_length: int
     mtf_targets_length: int
+    steps_per_interval: int            # a timed interval lasts about a second or more
 
 
 SHAPES = {
-    "tiny": Shape("tiny", "mini", 16, 128, 96, 16),
-    "small": Shape("small", "small", 4, 626, 1024, 256),
+    "tiny": Shape("tiny", "mini", 16, 128, 96, 16, steps_per_interval=5),
+    # One step of the small preset lasts 6-20 s on 2 cores: one per interval is plenty.
+    "small": Shape("small", "small", 4, 626, 1024, 256, steps_per_interval=1),
 }
 
 
@@ -148,8 +150,10 @@ def _stream(shape: Shape, architecture: str, objective: str, world: Path,
 
 
 def measure_row(shape: Shape, architecture: str, objective: str, world: Path, *,
-                batches: int = 20, steps: int = 5, repeats: int = 3, seed: int = 0) -> DataRow:
-    """Times one pipeline over ``batches`` batches, then the training step on its first batch."""
+                batches: int = 20, steps: Optional[int] = None, repeats: int = 3,
+                seed: int = 0) -> DataRow:
+    """Times one pipeline over ``batches`` batches, then the training step on its first batch
+    (``steps`` per timed interval; None: the shape's ``steps_per_interval``)."""
     from harness.bench.train_bench import compile_train_step
     from models.config import preset
 
@@ -171,7 +175,7 @@ def measure_row(shape: Shape, architecture: str, objective: str, world: Path, *,
     if config.vocab_size < 1152:
         raise ValueError(f"preset {shape.preset}: vocabulary too small for the world's tokenizer")
     step = compile_train_step(config, first)
-    step_seconds = step.time(steps=steps, repeats=repeats, warmup=1)
+    step_seconds = step.time(steps=steps or shape.steps_per_interval, repeats=repeats, warmup=1)
     return DataRow(shape=shape.name, pair=f"{architecture}:{objective}", batch_size=rows,
                    features={k: list(v.shape) for k, v in sorted(first.items())},
                    startup_seconds=startup, pipeline_seconds=per_batch, real_tokens=real,
@@ -180,7 +184,7 @@ def measure_row(shape: Shape, architecture: str, objective: str, world: Path, *,
 
 def run_data_benchmark(*, shapes: Sequence[str] = ("tiny", "small"),
                        pairs: Sequence[tuple[str, str]] = PAIRS, world: Optional[str] = None,
-                       batches: int = 20, steps: int = 5, repeats: int = 3,
+                       batches: int = 20, steps: Optional[int] = None, repeats: int = 3,
                        log: Optional[Callable[[str], None]] = None) -> DataBenchResult:
     """Every (shape, pair); ``world``: a written world (default: the default-size world, written
     into a temporary directory in a few seconds)."""
