@@ -52,7 +52,7 @@ test: install
 test-all: install
 	$(PY) -m pytest -m "slow or not slow"
 
-# Every benchmark (train, tiny, eval, data, resume; about half an hour on 2 cores), recorded in
+# Every benchmark (train, tiny, eval, data, resume; 66 minutes on 2 cores for the committed record), recorded in
 # bench/results.json and bench/results.md: the figures the README's performance section quotes.
 bench: install
 	$(VENV)/bin/archobj bench --out bench

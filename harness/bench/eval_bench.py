@@ -334,6 +334,7 @@ def _run(settings: EvalBenchSettings, root: pathlib.Path,
     picks = {name: [max(rows, key=values.__getitem__) for rows in by_doc.values()]
              for name, values in scores.items()}
     agree = sum(h == a for h, a in zip(picks["hf"], picks["archobj"]))
+    per_request, shared = _forward_flops(reference, encoded)
 
     return EvalBenchResult(
         settings=s, reference=reference, num_requests=len(instances),
@@ -343,17 +344,15 @@ def _run(settings: EvalBenchSettings, root: pathlib.Path,
         pass_seconds=pass_seconds, max_abs_difference=difference, same_ids=same_ids,
         same_predictions=agree / len(by_doc), torch_threads=torch.get_num_threads(),
         cpu_count=os.cpu_count() or 1, load_average=(load_before, load_after),
-        forward_flops_per_request=_forward_flops(reference, encoded), peak_flops=peak,
-        shared_forward_flops_per_request=_forward_flops(reference, encoded, shared=True))
+        forward_flops_per_request=per_request, peak_flops=peak,
+        shared_forward_flops_per_request=shared)
 
 
 def _forward_flops(reference: eval_reference.ReferenceT5,
-                   encoded: Sequence[tuple[Sequence[int], Sequence[int]]],
-                   shared: bool = False) -> float:
-    """Mean forward FLOPs of one request through the archobj model (models/flops.py's count).
-
-    ``shared``: count each distinct context's encoder pass once (what a scorer that groups a
-    context's continuations runs) instead of once per request.
+                   encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[float, float]:
+    """Mean forward FLOPs of one request through the archobj model (models/flops.py's count):
+    ``(per request, shared)``. ``shared`` counts each distinct context's encoder pass once (what a
+    scorer that groups a context's continuations runs) instead of once per request.
     """
     from harness.storage.checkpoint import read_config
     from models.flops import encoder_decoder_flops
@@ -364,10 +363,10 @@ def _forward_flops(reference: eval_reference.ReferenceT5,
         return encoder_decoder_flops(config, max(context, 1), target).total / 3
 
     total = sum(forward(len(c), max(len(t), 1)) for c, t in encoded)
-    if shared:  # each request's encoder part out, each distinct context's back in, once
-        total -= sum(forward(len(c), 0) for c, _ in encoded)
-        total += sum(forward(len(c), 0) for c in {tuple(c) for c, _ in encoded})
-    return total / len(encoded)
+    # Each request's encoder part out, each distinct context's back in, once.
+    shared = (total - sum(forward(len(c), 0) for c, _ in encoded)
+              + sum(forward(len(c), 0) for c in {tuple(c) for c, _ in encoded}))
+    return total / len(encoded), shared / len(encoded)
 
 
 def _float32_peak() -> float:
