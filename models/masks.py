@@ -132,6 +132,9 @@ def make_cache_mask(
     query_positions: jax.Array,
     cache_length: int,
     prefix_lengths: Optional[jax.Array] = None,
+    key_positions: Optional[jax.Array] = None,
+    query_segments: Optional[jax.Array] = None,
+    key_segments: Optional[jax.Array] = None,
 ) -> jax.Array:
     """Self-attention mask for queries that read a KV cache (prefill and decoding steps).
 
@@ -140,19 +143,34 @@ def make_cache_mask(
     p < prefix_length). Cache slots beyond the query's position are never visible, so stale entries
     there are harmless.
 
+    Packed continuations (harness/eval/scoring.py) give each slot its own position and a segment:
+    a key is then visible when its position is <= the query's and its segment is 0 (the shared
+    prefix) or the query's own. A negative key segment marks a slot nobody may see.
+
     Args:
       query_positions: ``[batch, query_length]`` absolute positions of the queries.
       cache_length: number of cache slots (keys).
       prefix_lengths: ``[batch]`` number of bidirectional positions (seqio: inputs + 1), or None.
+      key_positions: ``[batch, cache_length]`` positions of the slots (None: slot j is position j).
+      query_segments: ``[batch, query_length]`` segment of each query (with ``key_segments``).
+      key_segments: ``[batch, cache_length]``: 0 for the shared prefix, > 0 for one packed
+        continuation, < 0 for a slot no query sees.
 
     Returns:
       ``[batch, 1, query_length, cache_length]`` boolean mask.
     """
-    keys = jnp.broadcast_to(jnp.arange(cache_length), (query_positions.shape[0], cache_length))
+    keys = (jnp.broadcast_to(jnp.arange(cache_length), (query_positions.shape[0], cache_length))
+            if key_positions is None else key_positions)
     mask = make_attention_mask(query_positions, keys, jnp.greater_equal)
     if prefix_lengths is not None:
         limit = prefix_lengths[:, None]
         mask = mask | make_attention_mask(query_positions < limit, keys < limit)
+    if (query_segments is None) != (key_segments is None):
+        raise ValueError("query_segments and key_segments go together: give both or neither")
+    if key_segments is not None:
+        shared = (key_segments == 0)[:, None, None, :]
+        visible = (key_segments >= 0)[:, None, None, :]
+        mask = mask & (shared | make_segment_mask(query_segments, key_segments)) & visible
     return mask
 
 

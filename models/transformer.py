@@ -123,7 +123,8 @@ class Transformer(nn.Module):
             prefix = decoder_causal_attention > 0
         mask = masks.make_decoder_mask(decoder_target_tokens, prefix, decoder_segment_ids)
         # Positions are the same for every row: bucket ids [1, q, k] broadcast over the batch.
-        buckets = self._decoder_buckets(jnp.arange(length)[None, :], length, prefix, prefix)
+        positions = jnp.arange(length)[None, :]
+        buckets = self._decoder_buckets(positions, positions, prefix, prefix)
         cross_mask = None
         if cfg.is_encoder_decoder:
             if encoded is None or encoder_input_tokens is None:
@@ -143,7 +144,10 @@ class Transformer(nn.Module):
                           prefix_lengths: Optional[Array] = None,
                           encoded: Optional[Array] = None,
                           encoder_input_tokens: Optional[Array] = None,
-                          return_hidden: bool = False) -> tuple[Array, Cache]:
+                          return_hidden: bool = False,
+                          key_positions: Optional[Array] = None,
+                          query_segments: Optional[Array] = None,
+                          key_segments: Optional[Array] = None) -> tuple[Array, Cache]:
         """Runs decoder ``tokens [b, q]`` at absolute ``positions [b, q]`` against a KV cache.
 
         Used both to prefill a prompt (q > 1, positions 0..q-1) and for single decoding steps (q = 1).
@@ -162,6 +166,11 @@ class Transformer(nn.Module):
           return_hidden: return the decoder's final hidden states ``[b, q, d_model]`` instead of
             the logits, so that a caller can project only the positions it needs
             (``logits_from_hidden``; harness/eval/scoring.py).
+          key_positions: ``[b, slots]`` position of each cache slot, for chunks that pack several
+            continuations of one prefix side by side (harness/eval/scoring.py); None: slot j is
+            position j. The chunk is still written at slot ``positions[:, 0]``.
+          query_segments, key_segments: with ``key_positions``, which packed continuation each
+            query and slot belongs to (``masks.make_cache_mask``).
 
         Returns:
           ``(float32 logits [b, q, vocab] or hidden states, updated cache)``.
@@ -170,12 +179,15 @@ class Transformer(nn.Module):
         slots = cache["self"]["key"].shape[2]
         if cfg.architecture != "nd":
             prefix_lengths = None
-        mask = masks.make_cache_mask(positions, slots, prefix_lengths)
+        mask = masks.make_cache_mask(positions, slots, prefix_lengths, key_positions,
+                                     query_segments, key_segments)
+        if key_positions is None:
+            key_positions = jnp.arange(slots)[None, :]
         prefix_q = prefix_k = None
         if prefix_lengths is not None:
             prefix_q = positions < prefix_lengths[:, None]
-            prefix_k = jnp.arange(slots)[None, :] < prefix_lengths[:, None]
-        buckets = self._decoder_buckets(positions, slots, prefix_q, prefix_k)
+            prefix_k = key_positions < prefix_lengths[:, None]
+        buckets = self._decoder_buckets(positions, key_positions, prefix_q, prefix_k)
         cross_mask = None
         if cfg.is_encoder_decoder:
             cross_mask = masks.make_attention_mask(jnp.ones(tokens.shape, bool),
@@ -192,14 +204,14 @@ class Transformer(nn.Module):
 
     # ---------------------------------------------------------------------------------------------
 
-    def _decoder_buckets(self, query_positions: Array, key_length: int,
+    def _decoder_buckets(self, query_positions: Array, key_positions: Array,
                          prefix_q: Optional[Array], prefix_k: Optional[Array]) -> Array:
         """Relative-position bucket ids ``[b or 1, q, k]`` for decoder self-attention.
 
-        ``query_positions`` is ``[b or 1, q]``; keys sit at positions ``0 .. key_length - 1``.
+        ``query_positions`` is ``[b or 1, q]``, ``key_positions`` ``[b or 1, k]``.
         """
         cfg = self.config
-        relative = jnp.arange(key_length)[None, None, :] - query_positions[:, :, None]
+        relative = key_positions[:, None, :] - query_positions[:, :, None]
         if cfg.architecture != "nd" or cfg.prefix_position_buckets == "causal":
             # The study's decoders (and t5x) bucket causally everywhere, prefix included.
             return relative_position_buckets(relative, False, cfg.relpos_num_buckets,

@@ -266,6 +266,46 @@ def test_cache_mask_matches_brute_force(use_prefix):
         np.testing.assert_array_equal(_np(got), ref_cache_mask(positions, cache_length, pl))
 
 
+def test_packed_cache_mask_hand_worked():
+    """Two continuations packed after a 3-slot prefix (harness/eval/scoring.py's layout): slots
+    0-2 prefix (segment 0), 3-4 continuation A at positions 3, 4, 5-6 continuation B at positions
+    3, 4 again, 7 unwritten (segment -1). Each sees the prefix and its own earlier tokens."""
+    queries = jnp.asarray([[3, 4, 3, 4]], jnp.int32)
+    query_segments = jnp.asarray([[1, 1, 2, 2]], jnp.int32)
+    key_positions = jnp.asarray([[0, 1, 2, 3, 4, 3, 4, 0]], jnp.int32)
+    key_segments = jnp.asarray([[0, 0, 0, 1, 1, 2, 2, -1]], jnp.int32)
+    want = np.array([[1, 1, 1, 1, 0, 0, 0, 0],
+                     [1, 1, 1, 1, 1, 0, 0, 0],
+                     [1, 1, 1, 0, 0, 1, 0, 0],
+                     [1, 1, 1, 0, 0, 1, 1, 0]], bool)
+    for prefix in (None, jnp.asarray([3], jnp.int32)):  # nd's prefix changes nothing after it
+        got = _np(cache_mask(queries, 8, prefix, key_positions, query_segments, key_segments))
+        np.testing.assert_array_equal(got[0, 0], want)
+    with pytest.raises(ValueError, match="give both or neither"):
+        masks.make_cache_mask(queries, 8, None, key_positions, query_segments, None)
+
+
+def test_packed_cache_mask_matches_brute_force():
+    """Random slot positions and segments: visible iff the key's position <= the query's, or both
+    lie in the prefix, and the key's segment is 0 or the query's (never negative)."""
+    rng = np.random.RandomState(7)
+    batch, q_len, slots = 16, 6, 11
+    queries = rng.randint(0, slots, size=(batch, q_len)).astype(np.int32)
+    keys = rng.randint(0, slots, size=(batch, slots)).astype(np.int32)
+    query_segments = rng.randint(0, 3, size=(batch, q_len)).astype(np.int32)
+    key_segments = rng.randint(-1, 3, size=(batch, slots)).astype(np.int32)
+    prefix = rng.randint(0, slots + 1, size=(batch,)).astype(np.int32)
+    got = _np(cache_mask(jnp.asarray(queries), slots, jnp.asarray(prefix), jnp.asarray(keys),
+                         jnp.asarray(query_segments), jnp.asarray(key_segments)))
+    for b in range(batch):
+        for q in range(q_len):
+            for j in range(slots):
+                seen = keys[b, j] <= queries[b, q] or (keys[b, j] < prefix[b]
+                                                       and queries[b, q] < prefix[b])
+                segment = key_segments[b, j] == 0 or key_segments[b, j] == query_segments[b, q]
+                assert got[b, 0, q, j] == (seen and segment and key_segments[b, j] >= 0)
+
+
 def test_cache_mask_agrees_with_training_mask():
     """Prefill over an unpacked example (positions 0..n-1, prefix = sum(dca)) reproduces the
     training-time decoder mask on its valid region, so decoding sees what training saw."""

@@ -191,6 +191,30 @@ def test_batched_bucketed_scoring_equals_one_request_at_a_time(built):
     assert [g for _, g in scores] == [g for _, g in single]
 
 
+def test_packing_over_several_passes_equals_one_pass(built, monkeypatch):
+    """With room for only a few packed tokens per row, a context's continuations spread over
+    several passes (and its longest alone in one): the scores do not change."""
+    import harness.eval.scoring as scoring
+
+    for arch in ("cd", "ed"):
+        scorer, _, requests, scores = built(arch)
+        monkeypatch.setattr(scoring, "PACKED_WIDTH", 3)
+        narrow = _scorer(scorer.config, scorer.params)
+        passes = []
+        original = narrow._run_packed
+        monkeypatch.setattr(narrow, "_run_packed",
+                            lambda *args: passes.append(args[1]) or original(*args))
+        got = narrow.loglikelihood(requests)
+        monkeypatch.undo()
+        # Not vacuous: rows share a pass, a row holds several blocks, a context needs 2 passes.
+        assert max(len({b.row for b in blocks}) for blocks in passes) > 1
+        assert any(len(blocks) > len({b.row for b in blocks}) for blocks in passes)
+        assert len(passes) >= 2
+        np.testing.assert_allclose([s for s, _ in got], [s for s, _ in scores], rtol=0,
+                                   atol=1e-5)
+        assert [g for _, g in got] == [g for _, g in scores]
+
+
 def test_results_keep_request_order_and_empty_continuations(setup):
     scorer, _, requests, scores = setup
     shuffled = [requests[i] for i in np.random.default_rng(1).permutation(len(requests))]

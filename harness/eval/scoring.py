@@ -25,16 +25,21 @@ context alone is computed once per distinct context, however many continuations 
                 cache. Either way the last prefix position's output is the distribution of the
                 first continuation token, so single-token continuations (many answer choices)
                 need nothing else.
-  continuation  each continuation's remaining tokens run against its context's cache (gathered
-                on device), and only those positions are projected to the vocabulary.
+  continuation  the remaining tokens of all of a context's continuations are packed side by side
+                into one row after its prefix (each continuation its own segment: it sees the
+                prefix and its own earlier tokens, at the positions it would have in its own
+                row), so one pass serves every choice of ``batch_size`` contexts with no copy of
+                any cache, and only these positions are projected to the vocabulary.
 
 The two passes give the full row's numbers exactly (up to float reassociation): the causal decoder's
 positions never look ahead, and the non-causal decoder's prefix (context + 1) never sees the
-continuation, so splitting the row at the end of the prefix changes no attention pattern.
+continuation, so splitting the row at the end of the prefix changes no attention pattern; packing
+changes none either, since each packed token sees exactly the keys, at exactly the relative
+positions, that it sees in its own row (``models.masks.make_cache_mask``'s segments).
 
-Shapes are static: contexts are padded to a small set of length buckets, continuations likewise,
-and every call has ``batch_size`` rows (the last batch is padded), so each (bucket, bucket) shape
-compiles once. Requests are sorted by length so that batches are tight. Nothing is packed.
+Shapes are static: contexts are padded to a small set of length buckets, packed continuations
+likewise, and every call has ``batch_size`` rows (the last batch is padded), so each (bucket,
+bucket) shape compiles once. Contexts are sorted by length so that batches are tight.
 
 Truncation: an over-long context loses its oldest tokens (left truncation). For ed the context is
 cut to ``max_inputs_length``; for the decoders the whole row (context + continuation) to
@@ -66,12 +71,17 @@ PathLike = Union[str, os.PathLike]
 Request = tuple[Sequence[int], Sequence[int]]
 StopSpec = Union[None, Sequence[Sequence[int]], Callable[[list[int]], bool]]
 
-# Padded lengths (capped at the limit of each axis, which is always a bucket itself).
-DEFAULT_LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Padded lengths (capped at the limit of each axis, which is always a bucket itself): steps of
+# 1.5x or less above 8, so that padding costs a sixth of the work on average, not a third.
+DEFAULT_LENGTH_BUCKETS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536,
+                          2048, 3072, 4096)
+# Packed continuation tokens per context and pass (more go to a second pass; a single longer
+# continuation gets a pass of its own width).
+PACKED_WIDTH = 128
 # Greedy decoding runs this many steps per device call between host-side stop checks.
 DEFAULT_GENERATE_CHUNK = 16
-# Continuation batches queued on the device before the host waits for the oldest one.
-_MAX_BATCHES_IN_FLIGHT = 8
+# Context batches queued on the device before the host waits for the oldest one's scores.
+_MAX_BATCHES_IN_FLIGHT = 4
 
 
 def with_dtype(config: ModelConfig, dtype: Optional[str]) -> ModelConfig:
@@ -117,6 +127,26 @@ class _Prefix:
     first_log_probs: Array              # [batch, vocab] log p(first continuation token)
     encoder_tokens: Optional[Array]     # [batch, encoder_length] (ed), for the cross mask
     lengths: np.ndarray                 # [batch] context lengths n (host)
+
+
+@dataclasses.dataclass
+class _Block:
+    """Where one request's continuation (after its first token) sits in a packed pass."""
+
+    request: int   # index into the requests
+    row: int       # its context's row in the batch
+    offset: int    # first packed position
+    length: int    # tokens (the continuation's length - 1)
+
+
+@dataclasses.dataclass
+class _BatchScores:
+    """Device-side scores of one batch of contexts, and the host-side map back to requests."""
+
+    firsts: list[tuple[int, int]]       # (request, row) in the order of ``first``
+    first: tuple[Array, Array]          # log p and is_greedy of each first token
+    # Each pass's blocks, and (log p, is_greedy) of their tokens, one block after another.
+    passes: list[tuple[list[_Block], tuple[Array, Array]]]
 
 
 class Scorer:
@@ -260,21 +290,20 @@ class Scorer:
             else:
                 groups.setdefault(context, []).append(index)
 
-        # Longest contexts first: similar lengths share a batch (and a failure from memory shows
-        # up at once, not at the end).
-        contexts = sorted(groups, key=len, reverse=True)
-        pending: list[tuple[list[int], tuple[Array, Array]]] = []
+        # Longest contexts first, so that similar lengths share a batch (and a failure from memory
+        # shows up at once, not at the end); within one padded length, by the length of the
+        # packed continuations, so that those share a batch too.
+        def order(context: tuple[int, ...]) -> tuple[int, int]:
+            packed = sum(len(prepared[index][1]) - 1 for index in groups[context])
+            return self._prefix_width(len(context)), packed
+
+        contexts = sorted(groups, key=order, reverse=True)
+        pending: list[_BatchScores] = []
         collected = 0
         for start in range(0, len(contexts), self.batch_size):
             chunk = contexts[start:start + self.batch_size]
             prefix = self._run_prefix(chunk)
-            rows = [(slot, index)
-                    for slot, context in enumerate(chunk) for index in groups[context]]
-            rows.sort(key=lambda row: len(prepared[row[1]][1]))
-            for row_start in range(0, len(rows), self.batch_size):
-                batch_rows = rows[row_start:row_start + self.batch_size]
-                scores = self._run_continuations(prefix, batch_rows, prepared)
-                pending.append(([index for _, index in batch_rows], scores))
+            pending.append(self._score_batch(prefix, [groups[c] for c in chunk], prepared))
             # Dispatch is asynchronous: let the host run ahead by a few batches (to keep the
             # device busy), but not by the whole evaluation, whose prefix caches would all be
             # allocated at once.
@@ -356,13 +385,22 @@ class Scorer:
     # ---------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _collect(item: tuple[list[int], tuple[Array, Array]],
-                 results: list[Optional[tuple[float, bool]]]) -> None:
-        """Copies one batch's scores to the host (waits for them) into ``results``."""
-        indices, (log_likelihood, greedy) = item
-        log_likelihood, greedy = np.asarray(log_likelihood), np.asarray(greedy)
-        for row, index in enumerate(indices):
-            results[index] = (float(log_likelihood[row]), bool(greedy[row]))
+    def _collect(scores: _BatchScores, results: list[Optional[tuple[float, bool]]]) -> None:
+        """Copies one batch's scores to the host (waits for them) and sums each request's."""
+        first_log_prob, first_greedy = (np.asarray(a) for a in scores.first)
+        total = {request: (float(first_log_prob[i]), bool(first_greedy[i]))
+                 for i, (request, _) in enumerate(scores.firsts)}
+        for blocks, (log_probs, greedy) in scores.passes:
+            log_probs, greedy = np.asarray(log_probs, np.float64), np.asarray(greedy)
+            start = 0
+            for block in blocks:
+                span = slice(start, start + block.length)
+                start += block.length
+                log_prob, is_greedy = total[block.request]
+                total[block.request] = (log_prob + float(log_probs[span].sum()),
+                                        is_greedy and bool(greedy[span].all()))
+        for request, value in total.items():
+            results[request] = value
 
     def _check_ids(self, index: int, what: str, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]
@@ -423,38 +461,88 @@ class Scorer:
         encoder_tokens = jnp.asarray(tokens) if self.config.is_encoder_decoder else None
         return _Prefix(cache, first_log_probs, encoder_tokens, lengths)
 
-    def _run_continuations(self, prefix: _Prefix, rows: Sequence[tuple[int, int]],
-                           prepared: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
-                           ) -> tuple[Array, Array]:
-        """Scores up to ``batch_size`` continuations against their contexts' prefix pass."""
-        size = self.batch_size
-        slots = np.zeros((size,), np.int32)
+    def _score_batch(self, prefix: _Prefix, requests: Sequence[Sequence[int]],
+                     prepared: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]) -> _BatchScores:
+        """Dispatches the scoring of every request of one batch of contexts (row ``b`` of the
+        prefix pass holds the context of ``requests[b]``): first tokens from the prefix pass, the
+        rest in packed continuation passes."""
+        firsts = [(index, row) for row, indices in enumerate(requests) for index in indices]
+        size = -(-len(firsts) // self.batch_size) * self.batch_size
+        rows = np.zeros((size,), np.int32)
         first = np.zeros((size,), np.int32)
-        for row, (slot, index) in enumerate(rows):
-            slots[row] = slot
-            first[row] = prepared[index][1][0]
-        longest = max(len(prepared[index][1]) for _, index in rows) - 1
-        if longest == 0:  # every continuation is one token: the prefix pass has it all
-            return _first_only(prefix.first_log_probs, slots, first)
+        for i, (index, row) in enumerate(firsts):
+            rows[i], first[i] = row, prepared[index][1][0]
+        scores = _BatchScores(firsts, _first_only(prefix.first_log_probs, rows, first), [])
 
+        # Packing: each context's longer continuations, longest first, side by side in passes of
+        # at most ``width`` tokens per row.
         limit = (self.max_targets_length if self.config.is_encoder_decoder
                  else self.row_budget) - 1
-        width = self._bucket(longest, limit)
-        inputs = np.zeros((size, width), np.int32)
-        targets = np.zeros((size, width), np.int32)
-        for row, (_, index) in enumerate(rows):
-            continuation = prepared[index][1]
-            rest = len(continuation) - 1
-            inputs[row, :rest] = continuation[:-1]
-            targets[row, :rest] = continuation[1:]
-        # First position of the continuation pass: after the n + 1 prefix positions (decoders) or
-        # after BOS (ed). Padded rows point at an empty context and score nothing.
-        if self.config.is_encoder_decoder:
-            starts = np.ones((size,), np.int32)
-        else:
-            starts = prefix.lengths[slots] + 1
-        return _continue(self.config, self.params, prefix.cache, prefix.first_log_probs,
-                         prefix.encoder_tokens, slots, first, inputs, targets, starts)
+        rests = [[(len(prepared[i][1]) - 1, i) for i in indices if len(prepared[i][1]) > 1]
+                 for indices in requests]
+        longest = max((length for blocks in rests for length, _ in blocks), default=0)
+        if longest == 0:  # every continuation is one token: the prefix pass has it all
+            return scores
+        width = max(min(PACKED_WIDTH, limit), longest)
+        passes: list[list[_Block]] = []
+        for row, blocks in enumerate(rests):
+            lane, used = 0, 0
+            for length, index in sorted(blocks, reverse=True):
+                if used + length > width:
+                    lane, used = lane + 1, 0
+                if lane == len(passes):
+                    passes.append([])
+                passes[lane].append(_Block(index, row, used, length))
+                used += length
+        for blocks in passes:
+            scores.passes.append((blocks, self._run_packed(prefix, blocks, prepared, limit)))
+        return scores
+
+    def _run_packed(self, prefix: _Prefix, blocks: Sequence[_Block],
+                    prepared: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+                    limit: int) -> tuple[Array, Array]:
+        """One packed continuation pass: ``(log p, is_greedy)`` of each block's tokens, one block
+        after another (padded to a bucket).
+
+        Row ``b`` runs its blocks' tokens against the prefix cache of row ``b``, from the first
+        free slot (n + 1 for decoders, 1 after ed's BOS). Each block is a segment: it sees the
+        prefix and its own earlier tokens, at the positions of its own row. Only the blocks'
+        positions, not the padding between rows, reach the vocabulary projection.
+        """
+        size = self.batch_size
+        used = np.zeros((size,), np.int32)
+        for block in blocks:
+            used[block.row] = max(used[block.row], block.offset + block.length)
+        packed = self._bucket(int(used.max()), limit)
+        starts = (np.ones((size,), np.int32) if self.config.is_encoder_decoder
+                  else prefix.lengths + 1)
+        slots = prefix.cache["self"]["key"].shape[2] + packed
+        inputs = np.zeros((size, packed), np.int32)
+        targets = np.zeros((size, packed), np.int32)
+        positions = np.repeat(starts[:, None], packed, axis=1)  # padding: at the prefix's end
+        query_segments = np.zeros((size, packed), np.int32)    # padding: sees the prefix only
+        key_positions = np.broadcast_to(np.arange(slots, dtype=np.int32), (size, slots)).copy()
+        key_segments = np.where(key_positions < starts[:, None], 0, -1).astype(np.int32)
+        scored = sum(block.length for block in blocks)
+        gather = np.zeros((self._bucket(scored, size * packed),), np.int32)  # padding: row 0, 0
+        cursor = 0
+        for segment, block in enumerate(blocks, start=1):
+            continuation = prepared[block.request][1]
+            span = slice(block.offset, block.offset + block.length)
+            steps = np.arange(block.length, dtype=np.int32)
+            inputs[block.row, span] = continuation[:-1]
+            targets[block.row, span] = continuation[1:]
+            positions[block.row, span] = starts[block.row] + steps
+            query_segments[block.row, span] = segment
+            key_span = slice(starts[block.row] + block.offset,
+                             starts[block.row] + block.offset + block.length)
+            key_positions[block.row, key_span] = starts[block.row] + steps
+            key_segments[block.row, key_span] = segment
+            gather[cursor:cursor + block.length] = block.row * packed + block.offset + steps
+            cursor += block.length
+        return _continue(self.config, self.params, prefix.cache, prefix.encoder_tokens, inputs,
+                         targets, positions, query_segments, key_positions, key_segments, starts,
+                         gather, scored)
 
     def _generate_batch(self, contexts: Sequence[tuple[int, ...]], extra_slots: int, chunk: int,
                         max_new_tokens: int, stop_fn: Optional[Callable[[list[int]], bool]],
@@ -547,29 +635,31 @@ def _prefill(config: ModelConfig, params: Any, tokens: Array, lengths: Array,
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _continue(config: ModelConfig, params: Any, cache: Any, first_log_probs: Array,
-              encoder_tokens: Optional[Array], slots: Array, first: Array, inputs: Array,
-              targets: Array, starts: Array) -> tuple[Array, Array]:
-    """Continuation pass: ``(log-likelihood [r], is_greedy [r])``.
+def _continue(config: ModelConfig, params: Any, cache: Any, encoder_tokens: Optional[Array],
+              inputs: Array, targets: Array, positions: Array, query_segments: Array,
+              key_positions: Array, key_segments: Array, starts: Array, gather: Array,
+              scored: Array) -> tuple[Array, Array]:
+    """Packed continuation pass: ``(log p(target) [n], is_greedy [n])`` of the positions ``gather``
+    (flat indices into ``[b, p]``), of which the first ``scored`` are real.
 
-    Row ``r`` continues prefix ``slots[r]``: its first token ``first[r]`` is scored from the prefix
-    pass, the rest (``targets``, fed ``inputs`` = the continuation shifted right) by running
-    positions ``starts[r] ..`` against a copy of that prefix's cache. Only these positions reach
-    the vocabulary projection.
+    Row ``b`` feeds ``inputs[b]`` (each packed continuation shifted right) at ``positions[b]``
+    against the prefix cache of row ``b``, writing from slot ``starts[b]``; the segments keep the
+    packed continuations apart (``Scorer._run_packed``). Only the gathered positions reach the
+    vocabulary projection. Padding scores 0 and counts as greedy.
     """
-    width = inputs.shape[1]
-    cache = _pad_self_cache(jax.tree.map(lambda x: jnp.take(x, slots, axis=1), cache), width)
-    positions = starts[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
-    encoder_rows = None if encoder_tokens is None else jnp.take(encoder_tokens, slots, axis=0)
+    cache = _pad_self_cache(cache, inputs.shape[1])
     # ``starts`` is also the non-causal decoder's prefix length (n + 1); the others ignore it.
-    hidden, _ = _apply(config, params, inputs, positions, cache, starts, None, encoder_rows,
-                       return_hidden=True, method=Transformer.decode_with_cache)
-    logits = _apply(config, params, hidden, method=Transformer.logits_from_hidden)  # [r, w, V]
-    valid = targets > 0
+    hidden, _ = _apply(config, params, inputs, positions, cache, starts, None, encoder_tokens,
+                       return_hidden=True, method=Transformer.decode_with_cache,
+                       key_positions=key_positions, query_segments=query_segments,
+                       key_segments=key_segments)
+    hidden = jnp.take(hidden.reshape(-1, hidden.shape[-1]), gather, axis=0)[None]  # [1, n, d]
+    logits = _apply(config, params, hidden, method=Transformer.logits_from_hidden)[0]
+    targets = jnp.take(targets.reshape(-1), gather)
+    valid = jnp.arange(gather.shape[0]) < scored
     log_probs = jnp.where(valid, token_log_probs(logits, targets), 0.0)
-    greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~valid, axis=-1)
-    first_log_prob, first_greedy = _first_only_impl(first_log_probs, slots, first)
-    return first_log_prob + jnp.sum(log_probs, axis=-1), first_greedy & greedy
+    greedy = (jnp.argmax(logits, axis=-1) == targets) | ~valid
+    return log_probs, greedy
 
 
 @functools.partial(jax.jit, static_argnames=("extra_slots",))
