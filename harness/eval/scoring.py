@@ -71,10 +71,11 @@ PathLike = Union[str, os.PathLike]
 Request = tuple[Sequence[int], Sequence[int]]
 StopSpec = Union[None, Sequence[Sequence[int]], Callable[[list[int]], bool]]
 
-# Padded lengths (capped at the limit of each axis, which is always a bucket itself): steps of
-# 1.5x or less above 8, so that padding costs a sixth of the work on average, not a third.
-DEFAULT_LENGTH_BUCKETS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536,
-                          2048, 3072, 4096)
+# Padded lengths (capped at the limit of each axis, which is always a bucket itself): doubling up
+# to 64, then steps of 1.5x, where padding would cost most (a sixth of the work on average, not a
+# third). Every bucket is one more compile per shape it enters.
+DEFAULT_LENGTH_BUCKETS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+                          4096)
 # Packed continuation tokens per context and pass (more go to a second pass; a single longer
 # continuation gets a pass of its own width).
 PACKED_WIDTH = 128
@@ -523,8 +524,11 @@ class Scorer:
         query_segments = np.zeros((size, packed), np.int32)    # padding: sees the prefix only
         key_positions = np.broadcast_to(np.arange(slots, dtype=np.int32), (size, slots)).copy()
         key_segments = np.where(key_positions < starts[:, None], 0, -1).astype(np.int32)
+        # The positions to score, one block after another: half of the pass's positions when
+        # they fit (the LM head runs on half the rows), else all (two compiles per shape at most).
         scored = sum(block.length for block in blocks)
-        gather = np.zeros((self._bucket(scored, size * packed),), np.int32)  # padding: row 0, 0
+        half = size * packed // 2
+        gather = np.zeros((half if scored <= half else size * packed,), np.int32)  # padding: 0
         cursor = 0
         for segment, block in enumerate(blocks, start=1):
             continuation = prepared[block.request][1]
