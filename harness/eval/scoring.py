@@ -524,11 +524,11 @@ class Scorer:
         query_segments = np.zeros((size, packed), np.int32)    # padding: sees the prefix only
         key_positions = np.broadcast_to(np.arange(slots, dtype=np.int32), (size, slots)).copy()
         key_segments = np.where(key_positions < starts[:, None], 0, -1).astype(np.int32)
-        # The positions to score, one block after another: half of the pass's positions when
-        # they fit (the LM head runs on half the rows), else all (two compiles per shape at most).
+        # The positions to score, one block after another (the rest padding). The LM head runs
+        # on all of the pass's positions: a size that depends on the fill would compile each
+        # shape twice, which costs the tiny grid more than it saves.
         scored = sum(block.length for block in blocks)
-        half = size * packed // 2
-        gather = np.zeros((half if scored <= half else size * packed,), np.int32)  # padding: 0
+        gather = np.zeros((size * packed,), np.int32)
         cursor = 0
         for segment, block in enumerate(blocks, start=1):
             continuation = prepared[block.request][1]
