@@ -29,7 +29,8 @@ context alone is computed once per distinct context, however many continuations 
                 into one row after its prefix (each continuation its own segment: it sees the
                 prefix and its own earlier tokens, at the positions it would have in its own
                 row), so one pass serves every choice of ``batch_size`` contexts with no copy of
-                any cache, and only these positions are projected to the vocabulary.
+                any cache; only this pass's positions (never the prefix's) are projected to the
+                vocabulary.
 
 The two passes give the full row's numbers exactly (up to float reassociation): the causal decoder's
 positions never look ahead, and the non-causal decoder's prefix (context + 1) never sees the
@@ -503,12 +504,11 @@ class Scorer:
                     prepared: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
                     limit: int) -> tuple[Array, Array]:
         """One packed continuation pass: ``(log p, is_greedy)`` of each block's tokens, one block
-        after another (padded to a bucket).
+        after another (then padding).
 
         Row ``b`` runs its blocks' tokens against the prefix cache of row ``b``, from the first
         free slot (n + 1 for decoders, 1 after ed's BOS). Each block is a segment: it sees the
-        prefix and its own earlier tokens, at the positions of its own row. Only the blocks'
-        positions, not the padding between rows, reach the vocabulary projection.
+        prefix and its own earlier tokens, at the positions of its own row.
         """
         size = self.batch_size
         used = np.zeros((size,), np.int32)
@@ -524,9 +524,10 @@ class Scorer:
         query_segments = np.zeros((size, packed), np.int32)    # padding: sees the prefix only
         key_positions = np.broadcast_to(np.arange(slots, dtype=np.int32), (size, slots)).copy()
         key_segments = np.where(key_positions < starts[:, None], 0, -1).astype(np.int32)
-        # The positions to score, one block after another (the rest padding). The LM head runs
-        # on all of the pass's positions: a size that depends on the fill would compile each
-        # shape twice, which costs the tiny grid more than it saves.
+        # Every position of the pass in the order the host reads them: the blocks' one after
+        # another, then the padding. (Projecting only the blocks' positions would need a size
+        # that depends on the fill: each shape compiled twice, which costs the tiny grid more
+        # than it saves.)
         scored = sum(block.length for block in blocks)
         gather = np.zeros((size * packed,), np.int32)
         cursor = 0
@@ -644,12 +645,12 @@ def _continue(config: ModelConfig, params: Any, cache: Any, encoder_tokens: Opti
               key_positions: Array, key_segments: Array, starts: Array, gather: Array,
               scored: Array) -> tuple[Array, Array]:
     """Packed continuation pass: ``(log p(target) [n], is_greedy [n])`` of the positions ``gather``
-    (flat indices into ``[b, p]``), of which the first ``scored`` are real.
+    (flat indices into ``[b, p]``, in the order the host reads them), of which the first ``scored``
+    are real.
 
     Row ``b`` feeds ``inputs[b]`` (each packed continuation shifted right) at ``positions[b]``
     against the prefix cache of row ``b``, writing from slot ``starts[b]``; the segments keep the
-    packed continuations apart (``Scorer._run_packed``). Only the gathered positions reach the
-    vocabulary projection. Padding scores 0 and counts as greedy.
+    packed continuations apart (``Scorer._run_packed``). Padding scores 0 and counts as greedy.
     """
     cache = _pad_self_cache(cache, inputs.shape[1])
     # ``starts`` is also the non-causal decoder's prefix length (n + 1); the others ignore it.
