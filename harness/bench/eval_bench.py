@@ -142,6 +142,14 @@ class EvalBenchResult:
             return None
         return self.peak_flops / self.forward_flops_per_request
 
+    @property
+    def archobj_peak_fraction(self) -> Optional[float]:
+        """archobj's FLOP/s on the work it runs (``shared_forward_flops_per_request``) / peak."""
+        if not (self.peak_flops and self.shared_forward_flops_per_request):
+            return None
+        return (self.requests_per_second("archobj") * self.shared_forward_flops_per_request
+                / self.peak_flops)
+
     def as_dict(self) -> dict[str, Any]:
         """The figures as JSON-able values (``bench/results.json``)."""
         roofline = self.roofline_requests_per_second
@@ -161,8 +169,7 @@ class EvalBenchResult:
                 "peak_flops": self.peak_flops, "roofline_requests_per_second": roofline,
                 "roofline_fraction": archobj / roofline if roofline else None,
                 "shared_forward_flops_per_request": self.shared_forward_flops_per_request,
-                "archobj_peak_fraction": (archobj * self.shared_forward_flops_per_request
-                                          / self.peak_flops if self.peak_flops else None)}
+                "archobj_peak_fraction": self.archobj_peak_fraction}
 
     def format(self) -> str:
         s, m = self.settings, self.reference
@@ -208,13 +215,13 @@ class EvalBenchResult:
                 f"{roofline:,.0f} requests/s; archobj reaches "
                 f"{self.requests_per_second('archobj') / roofline:.1%} of it, hf "
                 f"{self.requests_per_second('hf') / roofline:.1%}")
-            if self.shared_forward_flops_per_request:
+            if self.archobj_peak_fraction is not None:
                 shared = self.shared_forward_flops_per_request
                 lines.append(
                     f"  work run: archobj encodes each of the {self.num_requests // s.choices} "
                     f"contexts once for its {s.choices} choices: "
                     f"{shared / 1e6:.1f} MFLOP per request, so it runs at "
-                    f"{self.requests_per_second('archobj') * shared / self.peak_flops:.1%} of the "
+                    f"{self.archobj_peak_fraction:.1%} of the "
                     f"peak; the rest is padding to length buckets and small decoder matmuls")
         return "\n".join(lines)
 

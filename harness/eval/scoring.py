@@ -147,8 +147,7 @@ class _BatchScores:
 
     firsts: list[tuple[int, int]]       # (request, row) in the order of ``first``
     first: tuple[Array, Array]          # log p and is_greedy of each first token
-    # Each pass's blocks, and (log p, is_greedy) of their tokens, one block after another.
-    passes: list[tuple[list[_Block], tuple[Array, Array]]]
+    passes: list[tuple[list[_Block], tuple[Array, Array]]]  # blocks, ([b, p] log p, is_greedy)
 
 
 class Scorer:
@@ -394,13 +393,11 @@ class Scorer:
                  for i, (request, _) in enumerate(scores.firsts)}
         for blocks, (log_probs, greedy) in scores.passes:
             log_probs, greedy = np.asarray(log_probs, np.float64), np.asarray(greedy)
-            start = 0
             for block in blocks:
-                span = slice(start, start + block.length)
-                start += block.length
+                span = slice(block.offset, block.offset + block.length)
                 log_prob, is_greedy = total[block.request]
-                total[block.request] = (log_prob + float(log_probs[span].sum()),
-                                        is_greedy and bool(greedy[span].all()))
+                total[block.request] = (log_prob + float(log_probs[block.row, span].sum()),
+                                        is_greedy and bool(greedy[block.row, span].all()))
         for request, value in total.items():
             results[request] = value
 
@@ -503,8 +500,7 @@ class Scorer:
     def _run_packed(self, prefix: _Prefix, blocks: Sequence[_Block],
                     prepared: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
                     limit: int) -> tuple[Array, Array]:
-        """One packed continuation pass: ``(log p, is_greedy)`` of each block's tokens, one block
-        after another (then padding).
+        """One packed continuation pass: ``([b, p] log p, [b, p] is_greedy)`` of each position.
 
         Row ``b`` runs its blocks' tokens against the prefix cache of row ``b``, from the first
         free slot (n + 1 for decoders, 1 after ed's BOS). Each block is a segment: it sees the
@@ -524,13 +520,6 @@ class Scorer:
         query_segments = np.zeros((size, packed), np.int32)    # padding: sees the prefix only
         key_positions = np.broadcast_to(np.arange(slots, dtype=np.int32), (size, slots)).copy()
         key_segments = np.where(key_positions < starts[:, None], 0, -1).astype(np.int32)
-        # Every position of the pass in the order the host reads them: the blocks' one after
-        # another, then the padding. (Projecting only the blocks' positions would need a size
-        # that depends on the fill: each shape compiled twice, which costs the tiny grid more
-        # than it saves.)
-        scored = sum(block.length for block in blocks)
-        gather = np.zeros((size * packed,), np.int32)
-        cursor = 0
         for segment, block in enumerate(blocks, start=1):
             continuation = prepared[block.request][1]
             span = slice(block.offset, block.offset + block.length)
@@ -543,11 +532,8 @@ class Scorer:
                              starts[block.row] + block.offset + block.length)
             key_positions[block.row, key_span] = starts[block.row] + steps
             key_segments[block.row, key_span] = segment
-            gather[cursor:cursor + block.length] = block.row * packed + block.offset + steps
-            cursor += block.length
         return _continue(self.config, self.params, prefix.cache, prefix.encoder_tokens, inputs,
-                         targets, positions, query_segments, key_positions, key_segments, starts,
-                         gather, scored)
+                         targets, positions, query_segments, key_positions, key_segments, starts)
 
     def _generate_batch(self, contexts: Sequence[tuple[int, ...]], extra_slots: int, chunk: int,
                         max_new_tokens: int, stop_fn: Optional[Callable[[list[int]], bool]],
@@ -642,15 +628,15 @@ def _prefill(config: ModelConfig, params: Any, tokens: Array, lengths: Array,
 @functools.partial(jax.jit, static_argnames=("config",))
 def _continue(config: ModelConfig, params: Any, cache: Any, encoder_tokens: Optional[Array],
               inputs: Array, targets: Array, positions: Array, query_segments: Array,
-              key_positions: Array, key_segments: Array, starts: Array, gather: Array,
-              scored: Array) -> tuple[Array, Array]:
-    """Packed continuation pass: ``(log p(target) [n], is_greedy [n])`` of the positions ``gather``
-    (flat indices into ``[b, p]``, in the order the host reads them), of which the first ``scored``
-    are real.
+              key_positions: Array, key_segments: Array, starts: Array) -> tuple[Array, Array]:
+    """Packed continuation pass: ``(log p(target) [b, p], is_greedy [b, p])`` per position.
 
     Row ``b`` feeds ``inputs[b]`` (each packed continuation shifted right) at ``positions[b]``
     against the prefix cache of row ``b``, writing from slot ``starts[b]``; the segments keep the
-    packed continuations apart (``Scorer._run_packed``). Padding scores 0 and counts as greedy.
+    packed continuations apart (``Scorer._run_packed``). Every position of the pass reaches the
+    vocabulary projection (projecting only the scored ones would need a size that depends on the
+    fill: each shape compiled twice, which costs the tiny grid more than it saves). Padding
+    (target 0) scores 0 and counts as greedy.
     """
     cache = _pad_self_cache(cache, inputs.shape[1])
     # ``starts`` is also the non-causal decoder's prefix length (n + 1); the others ignore it.
@@ -658,10 +644,8 @@ def _continue(config: ModelConfig, params: Any, cache: Any, encoder_tokens: Opti
                        return_hidden=True, method=Transformer.decode_with_cache,
                        key_positions=key_positions, query_segments=query_segments,
                        key_segments=key_segments)
-    hidden = jnp.take(hidden.reshape(-1, hidden.shape[-1]), gather, axis=0)[None]  # [1, n, d]
-    logits = _apply(config, params, hidden, method=Transformer.logits_from_hidden)[0]
-    targets = jnp.take(targets.reshape(-1), gather)
-    valid = jnp.arange(gather.shape[0]) < scored
+    logits = _apply(config, params, hidden, method=Transformer.logits_from_hidden)  # [b, p, V]
+    valid = targets > 0
     log_probs = jnp.where(valid, token_log_probs(logits, targets), 0.0)
     greedy = (jnp.argmax(logits, axis=-1) == targets) | ~valid
     return log_probs, greedy
