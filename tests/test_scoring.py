@@ -215,6 +215,19 @@ def test_packing_over_several_passes_equals_one_pass(built, monkeypatch):
         assert [g for _, g in got] == [g for _, g in scores]
 
 
+def test_training_only_fields_share_the_compiles_and_change_nothing(built, decoder_params):
+    """A checkpoint finetuned with dropout (and rematerialisation) scores as its config without
+    them: the same numbers, from the same compiled passes."""
+    import harness.eval.scoring as scoring
+
+    _, _, requests, scores = built("cd")
+    compiled = (scoring._prefill._cache_size(), scoring._continue._cache_size())
+    trained = tiny_config("cd", vocab_size=VOCAB).replace(dropout_rate=0.1, remat_policy="full")
+    assert trained != tiny_config("cd", vocab_size=VOCAB)
+    assert _scorer(trained, decoder_params).loglikelihood(requests) == scores
+    assert (scoring._prefill._cache_size(), scoring._continue._cache_size()) == compiled
+
+
 def test_results_keep_request_order_and_empty_continuations(setup):
     scorer, _, requests, scores = setup
     shuffled = [requests[i] for i in np.random.default_rng(1).permutation(len(requests))]
