@@ -80,7 +80,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{args.preset} ({ARCH_NAMES[cfg.architecture]}, {cfg.architecture})")
-    print(f"  parameters             {params}  ({params / 1e9:.2f}B)")
+    print(f"  parameters             {params}  ({_short_count(params)})")
     print(f"  non-embedding          {params - embedding}")
     print(f"  layers                 {layers}")
     print(f"  d_model / heads x dim  {cfg.d_model} / {cfg.num_heads} x {cfg.head_dim}")
@@ -88,6 +88,14 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     print(f"  training FLOPs/token   {flops.per_token:.4e} causal-aware, "
           f"{flops.per_token_full:.4e} full-matrix  ({shape})")
     return 0
+
+
+def _short_count(count: int) -> str:
+    """``4762357760`` -> ``"4.76B"``, ``1197696`` -> ``"1.20M"``, ``950`` -> ``"950"``."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return str(count)
 
 
 def _bench_train(args: argparse.Namespace, log):

@@ -37,11 +37,12 @@ def test_cli_choices_match_the_model_package():
     assert cli.PRESETS == model_config.PRESETS
 
 
-@pytest.mark.parametrize("name,count", [("paper-decoder", 4762357760),
-                                        ("paper-encdec", 11003736064)])
-def test_model_info_prints_the_exact_paper_counts(capsys, name, count):
+@pytest.mark.parametrize("name,count,short", [("paper-decoder", 4762357760, "4.76B"),
+                                              ("paper-encdec", 11003736064, "11.00B"),
+                                              ("mini", 1197696, "1.20M")])
+def test_model_info_prints_the_exact_paper_counts(capsys, name, count, short):
     assert cli.main(["model", "info", name]) == 0
-    assert f"parameters             {count}" in capsys.readouterr().out
+    assert f"parameters             {count}  ({short})" in capsys.readouterr().out
     assert cli.main(["model", "info", name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parameters"] == count
 

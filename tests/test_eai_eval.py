@@ -366,6 +366,24 @@ def test_limit_and_stderr():
     assert rows[-1]["random_baseline"] == 50.0
 
 
+def test_each_prompt_template_is_compiled_once_and_renders_as_lm_evals(monkeypatch):
+    from lm_eval import utils
+
+    templates = []
+    compile_template = utils.env.from_string
+    monkeypatch.setattr(utils.env, "from_string",
+                        lambda source: templates.append(source) or compile_template(source))
+    lm = HashLM()
+    results = eai_eval.evaluate(lm, data_dir=eai_eval.FIXTURE_DIR, tasks=["wic", "sst", "copa"],
+                                limit=4, bootstrap_iters=0)
+    assert len(templates) == len(set(templates)) and len(templates) < lm.calls["loglikelihood"]
+    assert utils.apply_template.__module__ == "lm_eval.utils"     # put back afterwards
+    monkeypatch.undo()
+    again = eai_eval.evaluate(HashLM(), data_dir=eai_eval.FIXTURE_DIR,
+                              tasks=["wic", "sst", "copa"], limit=4, bootstrap_iters=0)
+    assert again["per_example"] == results["per_example"]
+
+
 # --- through the project's lm-eval adapter ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
