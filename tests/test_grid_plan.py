@@ -109,8 +109,11 @@ def test_a_pretraining_change_replans_exactly_what_is_downstream(paper, tmp_path
     after = _edited(tmp_path, "ed_plm: {train.batch_size: 1024}",
                     "ed_plm: {train.batch_size: 1024}\n  cd_mlm: {data.seed: 7}")
     assert _changed(paper, after) == {"cd_mlm", *paper.downstream_of("cd_mlm")}
-    # Output paths and logging are not part of the identity.
-    moved = make_plan(load_grid(PAPER, ["base.train.log_every=1"]), runs="/elsewhere")
+    # Output paths, logging and how evaluation rows are grouped and padded are not part of the
+    # identity.
+    moved = make_plan(load_grid(PAPER, ["base.train.log_every=1", "eval.batch_size=4",
+                                        "eval.length_buckets=[32, 128]"]), runs="/elsewhere")
+    assert moved.grid.eval.length_buckets == (32, 128)
     assert _changed(paper, moved) == set()
 
 
@@ -142,6 +145,8 @@ cells:
     (('"{pair} > {arch}_mtf"', '"{pair} > {obj}_mtf"\n    suites: [mmlu]'), ["suites"]),
     (("mtf: {steps: 5}", "mtf: {steps: 5, set: {train.step: 3}}"), ["mtf.set", "train.step"]),
     (("mtf: {steps: 5}", "mtf: {steps: 5, set: {stage.init_from: x}}"), ["set by the grid"]),
+    (("mtf: {steps: 5}", "mtf: {steps: 5}\neval: {length_buckets: 64}"), ["eval.length_buckets"]),
+    (("mtf: {steps: 5}", "mtf: {steps: 5}\neval: {length_buckets: [0]}"), ["positive integer"]),
 ])
 def test_malformed_grid_files_are_one_line(tmp_path, edit, needles):
     path = _grid(tmp_path, GOOD.replace(*edit))

@@ -73,6 +73,9 @@ def test_registered_and_built_from_an_arg_string(lm, checkpoints):
     nd = ArchobjLM(str(checkpoints[0]), architecture="nd", step=3, batch_size="4",
                    max_inputs_length=16, max_targets_length=8, device="cpu", max_batch_size=None)
     assert nd.scorer.architecture == "nd" and nd.step == 3
+    coarse = ArchobjLM(str(checkpoints[0]), max_inputs_length=16, max_targets_length=8,
+                       length_buckets="4/8")
+    assert coarse.scorer.length_buckets == (4, 8) and lm.scorer.length_buckets != (4, 8)
 
 
 def test_loglikelihood_matches_the_scorer(lm):
@@ -136,6 +139,9 @@ def test_errors_are_one_line(checkpoints, tmp_path):
     with pytest.raises(ValueError) as excinfo:
         ArchobjLM(str(run), batch_size="auto")
     assert_one_line_error(excinfo, "batch_size='auto'")
+    with pytest.raises(ValueError) as excinfo:
+        ArchobjLM(str(run), length_buckets="32/x")
+    assert_one_line_error(excinfo, "length_buckets='x'")
     with pytest.raises(ValueError) as excinfo:
         ArchobjLM(str(run), pretrained="gpt2")
     assert_one_line_error(excinfo, "pretrained")

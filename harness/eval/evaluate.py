@@ -139,6 +139,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
                         out_dir: Optional[str | os.PathLike] = None,
                         bootstrap_iters: Optional[int] = None,
                         max_prompts: Optional[int] = None,
+                        length_buckets: Optional[Sequence[int]] = None,
                         report: Callable[[str], None] = print) -> list[SuiteResult]:
     """Evaluates ``checkpoint`` on ``suites``; see the module docstring.
 
@@ -164,6 +165,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         the per-example scores itself); None for lm-eval's 1000.
       max_prompts: T0-Eval: at most this many prompts per dataset (``t0_eval.prompt_subset``);
         None for all of them, as the study.
+      length_buckets: the padded lengths of the scorer's passes (``Scorer``); None for its
+        default. Fewer lengths compile fewer shapes and pad more.
       report: receives progress lines and the summary tables.
 
     Returns:
@@ -196,6 +199,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         if lm is None:  # one model load serves every suite
             lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
                            step=step, batch_size=batch_size, max_inputs_length=inputs_length,
+                           length_buckets=length_buckets,
                            max_targets_length=targets_length, mesh=mesh, dtype=dtype)
         else:
             lm.set_lengths(inputs_length, targets_length)

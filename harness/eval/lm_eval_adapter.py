@@ -76,6 +76,9 @@ class ArchobjLM(TemplateLM):
         with lm-eval's ``hf`` model on the same weights (``tests/test_eval_reference.py``).
       dtype: compute dtype, overriding the stored one (``"float32"`` scores a bfloat16 model in
         full precision); None keeps the checkpoint's.
+      length_buckets: the padded lengths of the scorer's passes, as ints or ``"32/128/512"``
+        (``harness.eval.scoring.Scorer``); None for its default. Fewer lengths compile fewer
+        shapes and pad more.
 
     Raises:
       harness.storage.checkpoint.CheckpointError: a missing or invalid checkpoint.
@@ -89,6 +92,7 @@ class ArchobjLM(TemplateLM):
                  max_targets_length: int = 114, max_gen_toks: int = 256,
                  context_eos: Union[bool, str] = False,
                  mesh: Union[None, str, Sequence[int]] = None, dtype: Optional[str] = None,
+                 length_buckets: Union[None, str, Sequence[int]] = None,
                  **unused: Any) -> None:
         super().__init__()
         unknown = sorted(set(unused) - set(_IGNORED_ARGUMENTS))
@@ -96,7 +100,7 @@ class ArchobjLM(TemplateLM):
             raise ValueError(
                 f"archobj model: unknown argument(s) {', '.join(unknown)}; allowed: checkpoint, "
                 "vocabulary, architecture, step, batch_size, max_inputs_length, "
-                "max_targets_length, max_gen_toks, context_eos, mesh, dtype")
+                "max_targets_length, max_gen_toks, context_eos, mesh, dtype, length_buckets")
         batch_size = _as_int("batch_size", batch_size)
         max_gen_toks = _as_int("max_gen_toks", max_gen_toks)
         if step is not None:
@@ -122,7 +126,8 @@ class ArchobjLM(TemplateLM):
         self.scorer = Scorer.from_checkpoint(
             directory, step=step, architecture=architecture, batch_size=batch_size,
             max_inputs_length=max_inputs_length, max_targets_length=max_targets_length,
-            mesh_shape=_mesh_shape(mesh), dtype=dtype)
+            mesh_shape=_mesh_shape(mesh), dtype=dtype,
+            length_buckets=_length_buckets(length_buckets))
         self.checkpoint = str(directory)
         self.step = step
         self.vocabulary = vocabulary
@@ -305,6 +310,17 @@ def _as_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}={value!r}: must be true or false")
     return value
+
+
+def _length_buckets(value: Union[None, str, Sequence[int]]) -> Optional[tuple[int, ...]]:
+    """``"32/128/512"`` (lm-eval's model_args) or a sequence of ints; None stays None."""
+    if value is None:
+        return None
+    parts = value.split("/") if isinstance(value, str) else list(value)
+    buckets = tuple(_as_int("length_buckets", part) for part in parts)
+    if not buckets:
+        raise ValueError(f"length_buckets={value!r}: give at least one length, e.g. 32/128/512")
+    return buckets
 
 
 def _as_int(name: str, value: Any) -> int:

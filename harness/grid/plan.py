@@ -318,10 +318,11 @@ def identity_record(plan: Plan, name: str) -> dict[str, Any]:
 
 def _eval_identity(grid: GridSpec) -> dict[str, Any]:
     """The evaluation settings an eval stage's identity hashes: not the suites (each stage is one)
-    nor the batch size (rows per call: the same scores); the optional settings only when set, so
-    grids that leave them unset keep the identities they had before the settings existed."""
+    nor the batch size and length buckets (how rows are grouped and padded: the same scores); the
+    optional settings only when set, so grids that leave them unset keep the identities they had
+    before the settings existed."""
     return {key: value for key, value in dataclasses.asdict(grid.eval).items()
-            if key not in ("suites", "batch_size")
+            if key not in ("suites", "batch_size", "length_buckets")
             and not (key in ("bootstrap_iters", "max_prompts") and value is None)}
 
 

@@ -275,6 +275,7 @@ def execute(plan: Plan, stage: Stage) -> None:
                             tasks=tasks, limit=settings.limit,
                             data_dir=settings.data_dir, fixtures=settings.fixtures,
                             batch_size=settings.batch_size, out_dir=results,
+                            length_buckets=settings.length_buckets,
                             bootstrap_iters=settings.bootstrap_iters,
                             max_prompts=settings.max_prompts,
                             report=lambda line: None)

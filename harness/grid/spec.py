@@ -101,6 +101,9 @@ class EvalSettings:
     batch_size: int = 8
     bootstrap_iters: Optional[int] = None     # EAI-Eval: lm-eval's stderr draws (None: 1000)
     max_prompts: Optional[int] = None         # T0-Eval: prompts per dataset (None: all, 116)
+    # Padded lengths of the scorer's passes (None: harness.eval.scoring's default). Fewer lengths,
+    # fewer compiles and more padding: what a small evaluation (a smoke grid) wants.
+    length_buckets: Optional[tuple[int, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +279,7 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
 
     eval_doc = _mapping(document, "eval", {})
     _only(eval_doc, "eval", ("suites", "tasks", "fixtures", "data_dir", "limit", "batch_size",
-                             "bootstrap_iters", "max_prompts"))
+                             "bootstrap_iters", "max_prompts", "length_buckets"))
     bootstrap_iters = eval_doc.get("bootstrap_iters")
     if bootstrap_iters is not None and (isinstance(bootstrap_iters, bool) or not isinstance(
             bootstrap_iters, int) or bootstrap_iters < 0):
@@ -285,6 +288,10 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
     tasks_value = eval_doc.get("tasks")
     if tasks_value is not None and (not isinstance(tasks_value, list) or not tasks_value):
         raise ValueError(f"eval.tasks={tasks_value!r}: a list of task names, or leave it out")
+    buckets = eval_doc.get("length_buckets")
+    if buckets is not None and (not isinstance(buckets, list) or not buckets):
+        raise ValueError(f"eval.length_buckets={buckets!r}: a list of padded lengths, e.g. "
+                         "[32, 128, 512], or leave it out for the scorer's default")
     settings = EvalSettings(
         suites=_suites("eval.suites", eval_doc.get("suites", list(SUITES))),
         tasks=None if tasks_value is None else tuple(str(t) for t in tasks_value),
@@ -293,7 +300,9 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
                                                        eval_doc.get("batch_size", 8)),
         bootstrap_iters=bootstrap_iters,
         max_prompts=None if eval_doc.get("max_prompts") is None else _count(
-            "eval.max_prompts", eval_doc["max_prompts"]))
+            "eval.max_prompts", eval_doc["max_prompts"]),
+        length_buckets=None if buckets is None else tuple(
+            _count("eval.length_buckets", length) for length in buckets))
     compute_doc = _mapping(document, "compute", {})
     _only(compute_doc, "compute", ("accelerator", "peak_tflops", "mfu"))
     compute = Compute(**compute_doc)
