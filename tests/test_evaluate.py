@@ -37,6 +37,7 @@ def test_both_suites_run_on_the_fixtures_and_write_into_the_run_directory(checkp
     t0 = json.loads((step_dir / "t0.json").read_text())
     assert set(eai["results"]) == {"copa"} and eai["archobj"]["step"] == 7
     assert eai["archobj"]["inputs_length"] == 512 and t0["archobj"]["inputs_length"] == 1024
+    assert eai["archobj"]["batch_size"] == 8 and eai["archobj"]["length_buckets"][0] == 8
     prompts = t0["datasets"]["copa"]["prompts"]
     assert len(prompts) == 12  # per-prompt scores kept (PAPER.md 3.2: 12 COPA prompts)
     # Per-example scores are written too (analysis/'s bootstrap), and agree with the accuracies.

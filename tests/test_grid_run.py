@@ -46,7 +46,7 @@ mtf:
     data.targets_length: 16
     optim.schedule: constant
     optim.learning_rate: 0.001
-eval: {{suites: [t0], tasks: [copa], fixtures: true, limit: 1}}
+eval: {{suites: [t0], tasks: [copa], fixtures: true, limit: 1, length_buckets: [16, 64]}}
 cells:
   - "cd_flm@2"
   - "cd_flm > nd_mlm:6+carry > nd_mtf"
@@ -101,7 +101,7 @@ def test_a_grid_runs_every_stage_once_and_shares_its_runs(finished):
     assert (runs / "small_test" / "cd_flm").resolve() == cd_flm.directory.resolve()
     results = json.loads((plan.stages["cd_flm_2.t0"].directory / "results" / "t0.json")
                          .read_text())
-    assert results["archobj"]["step"] == 2
+    assert results["archobj"]["step"] == 2 and results["archobj"]["length_buckets"] == [16, 64]
     provenance = json.loads((cd_flm.directory / "provenance.json").read_text())
     assert provenance["identity_record"]["identity"] == cd_flm.identity
     assert "cd_flm" in (runs / "small_test" / "index.md").read_text()

@@ -199,8 +199,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
         if lm is None:  # one model load serves every suite
             lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
                            step=step, batch_size=batch_size, max_inputs_length=inputs_length,
-                           length_buckets=length_buckets,
-                           max_targets_length=targets_length, mesh=mesh, dtype=dtype)
+                           max_targets_length=targets_length, mesh=mesh, dtype=dtype,
+                           length_buckets=length_buckets)
         else:
             lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()
@@ -217,6 +217,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
             "dtype": lm.scorer.config.dtype,
             "inputs_length": inputs_length, "targets_length": targets_length,
             "limit": limit, "data": "fixtures" if fixtures else (data_dir or "huggingface-hub"),
+            # How rows were grouped and padded (the same scores up to float reassociation).
+            "batch_size": lm.scorer.batch_size, "length_buckets": list(lm.scorer.length_buckets),
             "seconds": seconds,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
