@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 # Kept in sync with models.config (a test checks it); duplicated so --help needs no imports.
 ARCHITECTURES = ("cd", "nd", "ed")
-PRESETS = ("tiny", "mini", "small", "base", "large", "paper-decoder", "paper-encdec")
+PRESETS = ("tiny", "mini", "small", "base", "large", "xl", "paper-decoder", "paper-encdec")
 OBJECTIVES = ("flm", "plm", "mlm")
 SUITES = ("eai", "t0")  # harness/eval/evaluate.py
 # The study's six pretraining pairs (PAPER.md 1.2), in the paper's order.
@@ -108,7 +108,8 @@ def _bench_train(args: argparse.Namespace, log):
     steps, repeats = (3, 2) if args.quick else (args.steps, args.repeats)
     return run_train_suite(args.preset or (["mini"] if args.quick else list(SUITE_SHAPES)),
                            args.arch or list(ARCHITECTURES), shape_overrides=overrides,
-                           dtype=args.dtype, remat_policy=args.remat, steps=steps,
+                           dtype=args.dtype, remat_policy=args.remat,
+                           attention=args.attention, steps=steps,
                            repeats=repeats, mesh_shape=tuple(args.mesh),
                            peak_tflops=args.peak_tflops, microbatches=args.microbatches, log=log)
 
@@ -551,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--arch", choices=ARCHITECTURES, action="append",
                              help="architecture; repeat for several (default all three)")
     bench_train.add_argument("--batch-size", type=int, default=None,
-                             help="rows per step (default: small 4, mini 16)")
+                             help="rows per step (default: small 4, mini 16, xl 16)")
     bench_train.add_argument("--length", type=int, default=None,
                              help="decoder-only tokens per row (default: small 626, mini 128)")
     bench_train.add_argument("--inputs-length", type=int, default=None,
@@ -562,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--repeats", type=int, default=3, help="timed intervals")
     bench_train.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     bench_train.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
+    bench_train.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
+                             help="how attention runs (model.attention_impl): the model's own "
+                                  "einsums, or jax.nn.dot_product_attention on XLA or cuDNN "
+                                  "(GPU)"),
     bench_train.add_argument("--microbatches", type=int, default=1,
                              help="gradient-accumulation microbatches per step")
     bench_train.add_argument("--mesh", type=int, nargs=2, default=(-1, 1),

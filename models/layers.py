@@ -206,10 +206,15 @@ class Attention(nn.Module):
     ``cache_offsets`` and attends over every cache slot (the mask hides unwritten ones). Cross-attention
     with a cache computes the encoder's keys and values once, when ``inputs_kv`` is given, and reads
     them from the cache when it is None.
+
+    ``causal``: the mask in ``bias`` never lets a query see a later key (the causal decoder and the
+    encoder-decoder's decoder). The fused implementations (``config.attention_impl``) then skip
+    the blocks above the diagonal; the result is the same.
     """
 
     config: ModelConfig
     enable_dropout: bool = False
+    causal: bool = False
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Optional[Array], bias: Array,
@@ -259,10 +264,19 @@ class Attention(nn.Module):
                          "value": value.astype(cache["value"].dtype)}
             key, value = key.astype(dtype), value.astype(dtype)
 
-        logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)
-        weights = _dropout(weights, cfg.dropout_rate, self.enable_dropout)
-        context = jnp.einsum("bhqs,bshk->bqhk", weights, value)
+        dropout = self.enable_dropout and cfg.dropout_rate > 0.0
+        if cfg.attention_impl != "einsum" and cache is None and not dropout:
+            # T5 does not scale the logits (scale=1). Full [b, heads, q, k] bias: cuDNN's
+            # broadcasting of a bias with a size-1 batch or heads axis is not relied on.
+            full = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+            context = jax.nn.dot_product_attention(
+                query, key, value, bias=jnp.broadcast_to(bias, full).astype(dtype), scale=1.0,
+                is_causal=self.causal, implementation=cfg.attention_impl)
+        else:
+            logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32)
+            weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)
+            weights = _dropout(weights, cfg.dropout_rate, self.enable_dropout)
+            context = jnp.einsum("bhqs,bshk->bqhk", weights, value)
         out = jnp.einsum("bqhk,hkd->bqd", context, w_out.astype(dtype))
         return out, new_cache
 
@@ -307,6 +321,7 @@ class Block(nn.Module):
     cross_attention: bool = False
     own_position_bias: bool = False
     enable_dropout: bool = False
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x: Array, self_bias: Array, bucket_ids: Optional[Array],
@@ -324,7 +339,7 @@ class Block(nn.Module):
         new_cache: dict[str, KVCache] = {}
 
         h = RMSNorm(cfg, name="pre_self_attention_norm")(x)
-        h, new_cache["self"] = Attention(cfg, drop, name="self_attention")(
+        h, new_cache["self"] = Attention(cfg, drop, self.causal, name="self_attention")(
             h, h, self_bias, None if cache is None else cache["self"], cache_offsets)
         x = x + residual_dropout(h)
 
@@ -359,6 +374,7 @@ class Stack(nn.Module):
     cross_attention: bool = False
     per_layer_position_bias: bool = False
     enable_dropout: bool = False
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x: Array, self_mask: Array, bucket_ids: Array,
@@ -400,7 +416,7 @@ class Stack(nn.Module):
             unroll=min(cfg.scan_unroll, self.num_layers),
             metadata_params={nn.PARTITION_NAME: shd.LAYERS},
         )(cfg, self.cross_attention, self.per_layer_position_bias, self.enable_dropout,
-          name="layers")
+          self.causal, name="layers")
 
         x = _dropout(x, cfg.dropout_rate, self.enable_dropout, broadcast_dims=(-2,))
         x, new_cache = layers(x, self_bias, bucket_ids, encoded, cross_bias, cache, cache_offsets)

@@ -67,7 +67,8 @@ class Transformer(nn.Module):
                                  per_layer_position_bias=False, enable_dropout=self.enable_dropout)
         self.decoder = Stack(cfg, cfg.num_layers, cross_attention=cfg.is_encoder_decoder,
                              per_layer_position_bias=not cfg.is_encoder_decoder,
-                             enable_dropout=self.enable_dropout)
+                             enable_dropout=self.enable_dropout,
+                             causal=cfg.architecture != "nd")
         if not cfg.tie_embeddings:
             self.logits_dense = LogitsDense(cfg)
 

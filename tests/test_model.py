@@ -355,3 +355,60 @@ def test_remat_policies_leave_the_gradient_unchanged(params, policy):
 
     reference, rematerialised = grads(tiny_config("nd")), grads(tiny_config("nd", remat_policy=policy))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), reference, rematerialised)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention implementations: the same function, computed another way.
+# --------------------------------------------------------------------------------------------------
+
+def _padded_packed_batch(arch: str) -> dict[str, jnp.ndarray]:
+    """Two rows: two packed segments, and one short example followed by padding."""
+    rng = np.random.default_rng(12)
+    targets = random_tokens(rng, (2, 12))
+    targets[1, 7:] = 0
+    segments = np.array([[1] * 5 + [2] * 7, [1] * 7 + [0] * 5], np.int32)
+    batch = decoder_batch(targets, segment_ids=segments)
+    if arch == "nd":
+        batch["decoder_causal_attention"] = np.array(
+            [[1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0] + [0] * 5], np.int32)
+    if arch == "ed":
+        inputs = random_tokens(rng, (2, 9))
+        inputs[1, 6:] = 0
+        batch.update(encoder_input_tokens=inputs, encoder_segment_ids=np.array(
+            [[1] * 4 + [2] * 5, [1] * 6 + [0] * 3], np.int32))
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("arch", ["cd", "nd", "ed"])
+def test_fused_attention_path_gives_the_einsum_paths_loss_and_gradient(params, arch):
+    """``attention_impl="xla"`` runs ``jax.nn.dot_product_attention``, the call ``"cudnn"`` makes
+    on a GPU (harness/bench/gpu_check.py compares cuDNN there): with padding, packing, the prefix
+    mask and the causal flag, it must give the einsum path's loss and gradient."""
+    batch = _padded_packed_batch(arch)
+
+    def loss_and_grad(config):
+        def loss_fn(p):
+            return losses.cross_entropy_with_z_loss(
+                Transformer(config).apply({"params": p}, batch), batch["decoder_target_tokens"],
+                batch["decoder_loss_weights"]).loss
+        return jax.jit(jax.value_and_grad(loss_fn))(params[arch])
+
+    (loss, grad), (fused_loss, fused_grad) = (
+        loss_and_grad(tiny_config(arch)), loss_and_grad(tiny_config(arch, attention_impl="xla")))
+    np.testing.assert_allclose(fused_loss, loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grad, fused_grad)
+
+
+def test_fused_attention_falls_back_to_einsum_for_dropout_and_rejects_unknown_names(params):
+    batch = _padded_packed_batch("cd")
+    rngs = {"dropout": jax.random.key(3)}
+
+    def dropped(config):
+        return Transformer(config, enable_dropout=True).apply({"params": params["cd"]}, batch,
+                                                              rngs=rngs)
+
+    np.testing.assert_array_equal(
+        dropped(tiny_config("cd", dropout_rate=0.1, attention_impl="xla")),
+        dropped(tiny_config("cd", dropout_rate=0.1)))
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        tiny_config("cd", attention_impl="flash")

@@ -51,6 +51,8 @@ class BenchResult:
     devices: int
     preset: str = ""
     architecture: str = ""
+    attention: str = "einsum"
+    platform: str = "cpu"
 
     @property
     def median_step(self) -> float:
@@ -74,6 +76,7 @@ class BenchResult:
     def as_dict(self) -> dict[str, Any]:
         """The figures as JSON-able values (``bench/results.json``)."""
         return {"label": self.label, "preset": self.preset, "architecture": self.architecture,
+                "attention": self.attention, "platform": self.platform,
                 "batch_size": self.batch_size,
                 "tokens_per_step": self.tokens_per_step, "devices": self.devices,
                 "compile_seconds": self.compile_seconds, "step_seconds": self.step_seconds,
@@ -268,7 +271,8 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
         xla_flops=(cost or {}).get("flops"),
         temp_bytes=getattr(memory, "temp_size_in_bytes", None),
         peak_flops=peak, devices=step.devices, preset=preset,
-        architecture=config.architecture)
+        architecture=config.architecture, attention=config.attention_impl,
+        platform=jax.devices()[0].platform)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,21 +290,25 @@ class TrainSuiteResult:
 
 # The shapes ``archobj bench`` times: the small preset at the study's lengths (626 tokens; ED
 # 512 + 114, PAPER.md 1.2), and the tiny grid's model at its own (experiments/tiny.yaml: 16 x 128;
-# ED MLM lengths for 128 tokens, objectives/lengths.py).
+# ED MLM lengths for 128 tokens, objectives/lengths.py). ``xl`` (the ~1B decoder) is the GPU row:
+# ``archobj bench train --preset xl --peak-tflops 989`` (bench/gpu.sh), not part of the default.
 SUITE_SHAPES = {"small": dict(batch_size=4, length=626, inputs_length=512, targets_length=114),
                 "mini": dict(batch_size=16, length=128, inputs_length=None, targets_length=None)}
+EXTRA_SHAPES = {"xl": dict(batch_size=16, length=626, inputs_length=512, targets_length=114)}
 
 
 def run_train_suite(presets: Sequence[str] = tuple(SUITE_SHAPES),
                     architectures: Sequence[str] = ("cd", "nd", "ed"), *,
                     shape_overrides: Optional[Mapping[str, int]] = None,
-                    dtype: str = "bfloat16", remat_policy: str = "none", steps: int = 10,
+                    dtype: str = "bfloat16", remat_policy: str = "none",
+                    attention: str = "einsum", steps: int = 10,
                     repeats: int = 3, mesh_shape: tuple[int, int] = (-1, 1),
                     peak_tflops: Optional[float] = None, microbatches: int = 1,
                     log: Callable[[str], None] = say) -> TrainSuiteResult:
     """Every (preset, architecture), one after the other in this process.
 
-    A preset's shape is its ``SUITE_SHAPES`` entry (``small``'s for presets without one), with
+    A preset's shape is its ``SUITE_SHAPES`` or ``EXTRA_SHAPES`` entry (``small``'s for presets
+    without one), with
     ``shape_overrides`` (batch_size, length, inputs_length, targets_length) on top; ED's lengths
     default to the MLM split of ``length`` (objectives/lengths.py).
     """
@@ -309,17 +317,20 @@ def run_train_suite(presets: Sequence[str] = tuple(SUITE_SHAPES),
 
     rows = []
     for name in presets:
-        shape = {**SUITE_SHAPES.get(name, SUITE_SHAPES["small"]), **(shape_overrides or {})}
+        shape = {**SUITE_SHAPES.get(name, EXTRA_SHAPES.get(name, SUITE_SHAPES["small"])),
+                 **(shape_overrides or {})}
         if shape["inputs_length"] is None:
             shape["inputs_length"], shape["targets_length"] = mlm_lengths(shape["length"])
         for arch in architectures:
             log(f"[{len(rows) + 1}/{len(presets) * len(architectures)}] train {name} {arch}")
-            config = make_preset(name, arch, dtype=dtype, remat_policy=remat_policy)
+            config = make_preset(name, arch, dtype=dtype, remat_policy=remat_policy,
+                                 attention_impl=attention)
+            impl = "" if attention == "einsum" else f", {attention} attention"
             row = run_benchmark(config, shape["batch_size"], length=shape["length"],
                                 inputs_length=shape["inputs_length"],
                                 targets_length=shape["targets_length"], steps=steps,
                                 repeats=repeats, mesh_shape=mesh_shape, peak_tflops=peak_tflops,
-                                microbatches=microbatches, label=f"{name} {arch} ({dtype})",
+                                microbatches=microbatches, label=f"{name} {arch} ({dtype}{impl})",
                                 preset=name)
             log(f"  {row.tokens_per_second:,.0f} tokens/s"
                 + (f", MFU {row.mfu():.1%}" if row.peak_flops else ""))
