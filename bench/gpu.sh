@@ -3,7 +3,8 @@
 # 1.22B parameters) for CD, ND and ED in bf16 on one GPU, with cuDNN's fused attention and with the
 # model's own einsum attention, after checking that cuDNN computes the model's attention.
 #
-#     bash bench/gpu.sh [OUT_DIR]        (needs a GPU; about 9 minutes on one H200)
+#     bash bench/gpu.sh [OUT_DIR]        (needs a GPU; a few minutes on one H200)
+#     ONLY='b32|unroll' bash bench/gpu.sh   (the rows whose name matches; no cuDNN check)
 #
 # Each row runs in its own process with its own time limit, so one that fails (a kernel cuDNN does
 # not have, memory) costs only itself. Rows run most-wanted first and stop starting when fewer than
@@ -42,12 +43,15 @@ for _ in range(10):
 print(f"bf16 matmul {n}^3 on random data, best of 10: {2 * n**3 / min(times) / 1e12:.0f} TFLOP/s")
 EOF
 } 2>&1 | tee "$work/versions.txt"
-timeout 150 $py -m harness.bench.attention_check --impl cudnn 2>&1 | tee "$work/attention_check.txt"
+if [[ -z "${ONLY:-}" ]]; then
+  timeout 150 $py -m harness.bench.attention_check --impl cudnn 2>&1 | tee "$work/attention_check.txt"
+fi
 pack
 
 row() {  # row NAME [archobj bench train flags...]
   local name=$1 left=$((budget - SECONDS))
   shift
+  if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]]; then return; fi
   if (( left < min_row )); then
     echo "== $name: skipped, ${left} s of the budget left" | tee -a "$work/skipped.txt"
     return
@@ -65,7 +69,13 @@ row nd-cudnn --arch nd --attention cudnn
 row ed-cudnn --arch ed --attention cudnn
 row nd-einsum --arch nd
 row ed-einsum --arch ed
+# Batch 32 (the einsum path's 68 GiB of temporaries at batch 16 would not fit twice) and the
+# scan over layers unrolled.
+row cd-cudnn-b32 --arch cd --attention cudnn --batch-size 32
+row cd-cudnn-unroll --arch cd --attention cudnn --scan-unroll 24
+row cd-cudnn-b32-unroll --arch cd --attention cudnn --batch-size 32 --scan-unroll 24
+row nd-cudnn-b32 --arch nd --attention cudnn --batch-size 32
+row ed-cudnn-b32 --arch ed --attention cudnn --batch-size 32
 export XLA_FLAGS="--xla_gpu_enable_triton_gemm=false"
-row cd-cudnn-no-triton-gemm --arch cd \
-  --attention cudnn
+row cd-cudnn-no-triton-gemm --arch cd --attention cudnn
 echo "done in ${SECONDS} s; results in $out/gpu-results.tar.gz"

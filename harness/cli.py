@@ -109,7 +109,7 @@ def _bench_train(args: argparse.Namespace, log):
     return run_train_suite(args.preset or (["mini"] if args.quick else list(SUITE_SHAPES)),
                            args.arch or list(ARCHITECTURES), shape_overrides=overrides,
                            dtype=args.dtype, remat_policy=args.remat,
-                           attention=args.attention, steps=steps,
+                           attention=args.attention, scan_unroll=args.scan_unroll, steps=steps,
                            repeats=repeats, mesh_shape=tuple(args.mesh),
                            peak_tflops=args.peak_tflops, microbatches=args.microbatches, log=log)
 
@@ -567,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="how attention runs (model.attention_impl): the model's own "
                                   "einsums, or jax.nn.dot_product_attention on XLA or cuDNN "
                                   "(GPU)"),
+    bench_train.add_argument("--scan-unroll", type=int, default=None,
+                             help="layers per iteration of the scan over layers "
+                                  "(model.scan_unroll; default: the preset's)"),
     bench_train.add_argument("--microbatches", type=int, default=1,
                              help="gradient-accumulation microbatches per step")
     bench_train.add_argument("--mesh", type=int, nargs=2, default=(-1, 1),

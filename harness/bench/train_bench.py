@@ -53,6 +53,7 @@ class BenchResult:
     architecture: str = ""
     attention: str = "einsum"
     platform: str = "cpu"
+    scan_unroll: int = 1
 
     @property
     def median_step(self) -> float:
@@ -77,6 +78,7 @@ class BenchResult:
         """The figures as JSON-able values (``bench/results.json``)."""
         return {"label": self.label, "preset": self.preset, "architecture": self.architecture,
                 "attention": self.attention, "platform": self.platform,
+                "scan_unroll": self.scan_unroll,
                 "batch_size": self.batch_size,
                 "tokens_per_step": self.tokens_per_step, "devices": self.devices,
                 "compile_seconds": self.compile_seconds, "step_seconds": self.step_seconds,
@@ -272,6 +274,7 @@ def run_benchmark(config: ModelConfig, batch_size: int, *, length: int = 626,
         temp_bytes=getattr(memory, "temp_size_in_bytes", None),
         peak_flops=peak, devices=step.devices, preset=preset,
         architecture=config.architecture, attention=config.attention_impl,
+        scan_unroll=config.scan_unroll,
         platform=jax.devices()[0].platform)
 
 
@@ -301,7 +304,8 @@ def run_train_suite(presets: Sequence[str] = tuple(SUITE_SHAPES),
                     architectures: Sequence[str] = ("cd", "nd", "ed"), *,
                     shape_overrides: Optional[Mapping[str, int]] = None,
                     dtype: str = "bfloat16", remat_policy: str = "none",
-                    attention: str = "einsum", steps: int = 10,
+                    attention: str = "einsum", scan_unroll: Optional[int] = None,
+                    steps: int = 10,
                     repeats: int = 3, mesh_shape: tuple[int, int] = (-1, 1),
                     peak_tflops: Optional[float] = None, microbatches: int = 1,
                     log: Callable[[str], None] = say) -> TrainSuiteResult:
@@ -323,9 +327,11 @@ def run_train_suite(presets: Sequence[str] = tuple(SUITE_SHAPES),
             shape["inputs_length"], shape["targets_length"] = mlm_lengths(shape["length"])
         for arch in architectures:
             log(f"[{len(rows) + 1}/{len(presets) * len(architectures)}] train {name} {arch}")
+            unroll = {} if scan_unroll is None else {"scan_unroll": scan_unroll}
             config = make_preset(name, arch, dtype=dtype, remat_policy=remat_policy,
-                                 attention_impl=attention)
-            impl = "" if attention == "einsum" else f", {attention} attention"
+                                 attention_impl=attention, **unroll)
+            impl = ("" if attention == "einsum" else f", {attention} attention") + (
+                "" if scan_unroll is None else f", unroll {scan_unroll}")
             row = run_benchmark(config, shape["batch_size"], length=shape["length"],
                                 inputs_length=shape["inputs_length"],
                                 targets_length=shape["targets_length"], steps=steps,
