@@ -76,6 +76,8 @@ row cd-cudnn-unroll --arch cd --attention cudnn --scan-unroll 24
 row cd-cudnn-b32-unroll --arch cd --attention cudnn --batch-size 32 --scan-unroll 24
 row nd-cudnn-b32 --arch nd --attention cudnn --batch-size 32
 row ed-cudnn-b32 --arch ed --attention cudnn --batch-size 32
+row nd-cudnn-b32-unroll --arch nd --attention cudnn --batch-size 32 --scan-unroll 24
+row ed-cudnn-b32-unroll --arch ed --attention cudnn --batch-size 32 --scan-unroll 24
 export XLA_FLAGS="--xla_gpu_enable_triton_gemm=false"
 row cd-cudnn-no-triton-gemm --arch cd --attention cudnn
 echo "done in ${SECONDS} s; results in $out/gpu-results.tar.gz"
