@@ -77,6 +77,38 @@ def test_markdown_puts_each_figure_beside_its_target(tmp_path):
     assert "GPU, ~1B decoder in bf16 (target MFU >= 45%): not measured" in text
 
 
+def test_gpu_rows_from_separate_runs_merge_into_one_table_with_the_gpu_target(tmp_path):
+    """bench/gpu.sh runs each row in its own process and out dir; ``merge_train`` makes one record
+    of them. A GPU decoder row is judged against the GPU target, ED is paired with the CD row of
+    its own batch size, and a row run under other XLA flags says so in its label."""
+    def gpu_row(arch, batch, tokens_per_second, mfu):
+        return {**_train_row("xl", arch, tokens_per_second, mfu), "platform": "gpu",
+                "batch_size": batch, "peak_flops": 989e12,
+                "label": f"xl {arch} (bfloat16, cudnn attention)"}
+
+    runs = [("cd16", gpu_row("cd", 16, 100.0, 0.30), None),
+            ("cd32", gpu_row("cd", 32, 200.0, 0.46), None),
+            ("ed32", gpu_row("ed", 32, 180.0, 0.40), None),
+            ("cd16-flags", gpu_row("cd", 16, 90.0, 0.28), "--xla_gpu_enable_triton_gemm=false")]
+    for name, row, flags in runs:
+        machine = {**MACHINE, "platform": "gpu", "flags": {"XLA_FLAGS": flags} if flags else {}}
+        suite.record(tmp_path / name, "train", Fake({"rows": [row]}, name),
+                     command=f"archobj bench train {name}", started="2026-01-01T00:00:00+00:00",
+                     seconds=10.0, machine=machine)
+    suite.merge_train(tmp_path / "all", [tmp_path / name for name, _, _ in runs],
+                      command="bash bench/gpu.sh", commit="c0ffee")
+    record = json.loads((tmp_path / "all" / suite.RESULTS_JSON).read_text())["benchmarks"]["train"]
+    assert [row["command"] for row in record["result"]["rows"]] == [
+        f"archobj bench train {name}" for name, _, _ in runs]
+    assert record["seconds"] == 40.0 and record["machine"]["commit"] == "c0ffee"
+    lines = (tmp_path / "all" / suite.RESULTS_MD).read_text().splitlines()
+    table = [line for line in lines if line.startswith("| xl ")]
+    assert "GPU MFU >= 45%: **not met**" in table[0] and "GPU MFU >= 45%: met" in table[1]
+    assert "ED/CD tokens/s 0.90" in table[2]  # against batch 32's CD (200), not batch 16's
+    assert "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false)" in table[3]
+    assert not any(line.startswith("GPU, ~1B decoder") for line in lines)
+
+
 def test_a_corrupt_record_is_an_error_not_overwritten(tmp_path):
     (tmp_path / suite.RESULTS_JSON).write_text("{not json")
     with pytest.raises(ValueError, match="not JSON.*move it aside"):

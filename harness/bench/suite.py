@@ -130,6 +130,39 @@ def record(out_dir: pathlib.Path, name: str, result: Any, *, command: str, start
     return out_dir / RESULTS_MD
 
 
+def merge_train(out_dir: pathlib.Path, row_dirs: list[pathlib.Path], *, command: str,
+                commit: Optional[str] = None) -> pathlib.Path:
+    """One ``train`` entry in ``out_dir`` from the records of separate ``archobj bench train``
+    runs (bench/gpu.sh runs each GPU row in its own process and out dir).
+
+    Each row keeps its own command, start and seconds; a row whose XLA flags differ from the
+    first row's has them added to its label. The machine is the first row's, with ``commit``
+    (where given) in place of what the runs saw.
+    """
+    entries = [read_results(path)["benchmarks"]["train"] for path in row_dirs]
+    first = entries[0]
+    rows, texts = [], []
+    for entry in entries:
+        flags = entry["machine"].get("flags", {}).get("XLA_FLAGS")
+        for row in entry["result"]["rows"]:
+            row = {**row, "command": entry["command"], "started": entry["started"],
+                   "seconds": entry["seconds"]}
+            if flags != first["machine"].get("flags", {}).get("XLA_FLAGS"):
+                row["label"] = f"{row['label'][:-1]}, XLA_FLAGS={flags})"
+            rows.append(row)
+        texts.append(entry["text"])
+    machine = dict(first["machine"], **({"commit": commit} if commit else {}))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = read_results(out_dir)
+    results["benchmarks"]["train"] = {
+        "machine": machine, "command": command, "started": first["started"],
+        "seconds": round(sum(entry["seconds"] for entry in entries), 1),
+        "result": {"rows": rows}, "text": "\n".join(texts)}
+    _atomic_write(out_dir / RESULTS_JSON, json.dumps(results, indent=1, default=_jsonable) + "\n")
+    _atomic_write(out_dir / RESULTS_MD, markdown(results))
+    return out_dir / RESULTS_MD
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -163,7 +196,7 @@ def _md_train(result: Mapping[str, Any]) -> list[str]:
     lines = ["| model | batch x tokens | median step | tokens/s | model TFLOP/s | XLA/analytic "
              "FLOPs | MFU causal-aware | MFU full-matrix | target |",
              "|---|---|---|---|---|---|---|---|---|"]
-    by_label = {row["label"]: row for row in result["rows"]}
+    by_label = {(row["label"], row["batch_size"]): row for row in result["rows"]}
     for row in result["rows"]:
         target = ""
         on_gpu = row.get("platform") == "gpu"
@@ -174,7 +207,7 @@ def _md_train(result: Mapping[str, Any]) -> list[str]:
             target = (f"CPU-MFU >= {TARGETS['cpu_mfu_small']:.0%}: "
                       f"{_verdict(row['mfu'], TARGETS['cpu_mfu_small'])}")
         elif row["architecture"] == "ed":
-            cd = by_label.get(row["label"].replace(" ed ", " cd "))
+            cd = by_label.get((row["label"].replace(" ed ", " cd "), row["batch_size"]))
             if cd:
                 ratio = row["tokens_per_second"] / cd["tokens_per_second"]
                 target = (f"ED/CD tokens/s {ratio:.2f} (>= {TARGETS['ed_tokens_vs_cd']}): "
@@ -193,7 +226,9 @@ def _md_train(result: Mapping[str, Any]) -> list[str]:
     if gpu_peaks:
         lines += ["", "GPU MFU is against the datasheet's dense bf16 peak given with "
                       f"`--peak-tflops`: {', '.join(f'{p / 1e12:.0f}' for p in gpu_peaks)} "
-                      "TFLOP/s per device."]
+                      "TFLOP/s per device. XLA's cost analysis on a GPU counts neither cuDNN's "
+                      "kernels nor more than one layer of a scan: its column is no cross-check "
+                      "there."]
     if peaks:
         spread = (f"{min(peaks) / 1e12:.3f}" if min(peaks) == max(peaks) else
                   f"{min(peaks) / 1e12:.3f}-{max(peaks) / 1e12:.3f}")
