@@ -65,7 +65,7 @@ row() {  # row NAME [archobj bench train flags...]
 }
 
 # The scan over layers as the model defaults to (--scan-unroll 1); then xl's default, unrolled.
-# The einsum path's 68 GiB of temporaries at batch 16 would not fit at 32.
+# The einsum path's 67 GiB of temporaries at batch 16 would not fit at 32.
 row cd-cudnn --arch cd --attention cudnn --scan-unroll 1
 row cd-einsum --arch cd --scan-unroll 1
 row nd-cudnn --arch nd --attention cudnn --scan-unroll 1
