@@ -379,11 +379,12 @@ def _padded_packed_batch(arch: str) -> dict[str, jnp.ndarray]:
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
-@pytest.mark.parametrize("arch", ["cd", "nd", "ed"])
+@pytest.mark.parametrize("arch", ["nd", "ed"])
 def test_fused_attention_path_gives_the_einsum_paths_loss_and_gradient(params, arch):
     """``attention_impl="xla"`` runs ``jax.nn.dot_product_attention``, the call ``"cudnn"`` makes
-    on a GPU (harness/bench/gpu_check.py compares cuDNN there): with padding, packing, the prefix
-    mask and the causal flag, it must give the einsum path's loss and gradient."""
+    on a GPU (harness/bench/attention_check.py compares cuDNN there): with padding, packing, the
+    prefix mask (nd), the causal flag (ed's decoder, as cd's) and cross-attention (ed), it must
+    give the einsum path's loss and gradient."""
     batch = _padded_packed_batch(arch)
 
     def loss_and_grad(config):
