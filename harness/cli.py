@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 # Kept in sync with models.config (a test checks it); duplicated so --help needs no imports.
 ARCHITECTURES = ("cd", "nd", "ed")
 PRESETS = ("tiny", "mini", "small", "base", "large", "xl", "paper-decoder", "paper-encdec")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 OBJECTIVES = ("flm", "plm", "mlm")
 SUITES = ("eai", "t0")  # harness/eval/evaluate.py
 # The study's six pretraining pairs (PAPER.md 1.2), in the paper's order.
@@ -563,13 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--repeats", type=int, default=3, help="timed intervals")
     bench_train.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     bench_train.add_argument("--remat", choices=("none", "full", "minimal"), default="none")
-    bench_train.add_argument("--attention", choices=("einsum", "xla", "cudnn"), default="einsum",
+    bench_train.add_argument("--attention", choices=ATTENTION_IMPLS, default="einsum",
                              help="how attention runs (model.attention_impl): the model's own "
                                   "einsums, or jax.nn.dot_product_attention on XLA or cuDNN "
-                                  "(GPU)"),
+                                  "(GPU)")
     bench_train.add_argument("--scan-unroll", type=int, default=None,
                              help="layers per iteration of the scan over layers "
-                                  "(model.scan_unroll; default: the preset's)"),
+                                  "(model.scan_unroll; default: the preset's)")
     bench_train.add_argument("--microbatches", type=int, default=1,
                              help="gradient-accumulation microbatches per step")
     bench_train.add_argument("--mesh", type=int, nargs=2, default=(-1, 1),

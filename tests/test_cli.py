@@ -35,6 +35,7 @@ def test_importing_models_imports_neither_tensorflow_nor_seqio():
 def test_cli_choices_match_the_model_package():
     assert cli.ARCHITECTURES == tuple(model_config.ARCHITECTURES)
     assert cli.PRESETS == model_config.PRESETS
+    assert cli.ATTENTION_IMPLS == model_config.ATTENTION_IMPLS
 
 
 @pytest.mark.parametrize("name,count,short", [("paper-decoder", 4762357760, "4.76B"),

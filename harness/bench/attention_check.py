@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from harness.bench.train_bench import shift_right
 from models import losses
 from models.config import ARCHITECTURES, preset
 from models.transformer import Transformer, init_params
@@ -39,12 +40,8 @@ def check_batch(arch: str, rows: int = 4, length: int = 128, vocab: int = 32128,
     segments = np.repeat(segments, rows, axis=0)
     segments[-1, length - length // 4:] = 0
     targets = np.where(segments > 0, rng.integers(2, vocab, (rows, length)), 0).astype(np.int32)
-    starts = np.zeros_like(segments, dtype=bool)
-    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
-    inputs = np.zeros_like(targets)
-    inputs[:, 1:] = targets[:, :-1]
-    inputs[starts] = 0
-    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": inputs,
+    batch = {"decoder_target_tokens": targets,
+             "decoder_input_tokens": shift_right(targets, segments),
              "decoder_loss_weights": (targets > 0).astype(np.int32),
              "decoder_segment_ids": segments.astype(np.int32)}
     if arch == "nd":  # the first quarter of each segment is the prefix (plus one position)

@@ -108,6 +108,8 @@ def model_config(case: TinyCase, dtype: str = "bfloat16", **overrides: Any):
 
 def synthetic_batch(case: TinyCase, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random seqio model features of ``case``'s shape (every position a real token)."""
+    from harness.bench.train_bench import shift_right
+
     rng = np.random.default_rng(seed)
     rows = case.batch_size
 
@@ -117,14 +119,6 @@ def synthetic_batch(case: TinyCase, vocab_size: int, seed: int = 0) -> dict[str,
     def segment_ids(n: int) -> np.ndarray:
         # Equal segments: 1 ... 1 2 ... 2 (seqio packing numbers them from 1).
         return (np.arange(n)[None, :] * case.segments // n + 1).repeat(rows, 0).astype(np.int32)
-
-    def shift_right(x: np.ndarray, segments: Optional[np.ndarray]) -> np.ndarray:
-        shifted = np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
-        if segments is not None:  # each packed example starts from 0, as seqio's converters do
-            starts = np.concatenate([np.ones_like(segments[:, :1], bool),
-                                     segments[:, 1:] != segments[:, :-1]], axis=1)
-            shifted = np.where(starts, 0, shifted)
-        return shifted.astype(np.int32)
 
     def positions(segments: np.ndarray) -> np.ndarray:
         out = np.zeros_like(segments)

@@ -122,6 +122,17 @@ class BenchResult:
         return "\n".join(lines)
 
 
+def shift_right(tokens: np.ndarray, segments: Optional[np.ndarray] = None) -> np.ndarray:
+    """Decoder inputs from targets ``[b, L]``: shifted right with BOS 0, each packed segment
+    starting from 0, as seqio's converters do."""
+    shifted = np.concatenate([np.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
+    if segments is not None:
+        starts = np.concatenate([np.ones_like(segments[:, :1], bool),
+                                 segments[:, 1:] != segments[:, :-1]], axis=1)
+        shifted = np.where(starts, 0, shifted)
+    return shifted.astype(np.int32)
+
+
 def synthetic_batch(config: ModelConfig, batch_size: int, length: int = 626,
                     inputs_length: int = 512, targets_length: int = 114,
                     seed: int = 0) -> tuple[dict[str, np.ndarray], FlopCount]:
@@ -134,9 +145,6 @@ def synthetic_batch(config: ModelConfig, batch_size: int, length: int = 626,
 
     def tokens(n: int) -> np.ndarray:
         return rng.integers(2, config.vocab_size, size=(batch_size, n), dtype=np.int32)
-
-    def shift_right(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
 
     if config.is_encoder_decoder:
         targets = tokens(targets_length)
