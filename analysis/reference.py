@@ -47,6 +47,13 @@ POINT_TOKENS = {"1/4": "42B", "1/2": "84B", "1": "168B", "1+": "219B"}
 T0_OVERLAP = ("anli_r1", "anli_r2", "anli_r3", "cb", "rte", "copa", "hellaswag", "wsc",
               "winogrande", "wic")
 
+# T0-Eval's held-out task families (PAPER.md 3.2, the T0 paper's split): none of them is in the
+# multitask mixture.
+T0_FAMILIES = {"NLI": ("anli_r1", "anli_r2", "anli_r3", "cb", "rte"),
+               "Sentence completion": ("copa", "hellaswag", "story_cloze"),
+               "Coreference": ("wsc", "winogrande"),
+               "Word sense": ("wic",)}
+
 
 @functools.lru_cache(maxsize=None)
 def _read(path: str) -> pd.DataFrame:

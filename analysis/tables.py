@@ -9,6 +9,7 @@ function of entries:
   order (from ``paper_numbers.csv``), ours beside the paper's for each suite; a row the grid lacks
   says ``missing``;
 - ``differences``: the paper's three findings as paired bootstrap comparisons;
+- ``families``: T0-Eval by held-out task family, and how many lie above chance;
 - ``per_task``, ``per_prompt``: the breakdowns; ``compute_table``: tokens, FLOPs, time, MFU.
 
 Each table's caption carries the scale its numbers were made at and what the intervals cover; the
@@ -334,6 +335,51 @@ def differences(entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str) -
                  pd.DataFrame(data))
 
 
+def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str
+             ) -> Table:
+    """T0-Eval by held-out task family (``reference.T0_FAMILIES``): per cell, each family's mean
+    over its datasets (each the median over its prompts), its interval over examples (seeds
+    pooled, as the cell's aggregate), and how many families lie above chance (the interval's lower
+    end above the family's mean chance)."""
+    chance = reference.task_random("t0")
+    scores = aggregate.task_scores(data.frame)
+    scores = scores[(scores["scale"] == scale) & (scores["suite"] == "t0")]
+    randoms = {f: float(np.mean([chance[t] for t in tasks]))
+               for f, tasks in reference.T0_FAMILIES.items()}
+    columns = ["cell", *(f"{f} (random {_pct(randoms[f])})" for f in reference.T0_FAMILIES),
+               "families above chance"]
+    rows, data_rows = [], []
+    done = entries[(entries["scale"] == scale) & (entries["suite"] == "t0") &
+                   (entries["status"] == "done")]
+    for entry in done.to_dict("records"):
+        keys = [tuple(k.split("|")) for k in str(entry["group_key"]).split(";") if k]
+        line, above = [entry["cell"]], 0
+        for family, tasks in reference.T0_FAMILIES.items():
+            mine = scores[scores["run"].isin([k[0] for k in keys]) &
+                          (scores["cell"] == entry["cell"]) & scores["task"].isin(tasks)]
+            if mine.empty:
+                line.append("")
+                continue
+            score = float(mine.groupby("run")["value"].mean().mean())  # datasets, then seeds
+            per_seed = [reps.subset(key, [t for t in tasks if t in set(mine["task"])])
+                        for key in keys]
+            per_seed = [r for r in per_seed if r is not None]
+            low, high = bootstrap.interval(np.mean(per_seed, axis=0) if per_seed else None)
+            random = float(mine.groupby("run")["random"].mean().mean())  # the datasets scored
+            verdict = ("above" if low > random else "below" if high < random else "at chance")
+            above += verdict == "above"
+            line.append(f"{_pct(score)} [{_pct(low)}, {_pct(high)}]"
+                        + (" ↑" if verdict == "above" else " ↓" if verdict == "below" else ""))
+            data_rows.append({"cell": entry["cell"], "family": family, "score": score,
+                              "low": low, "high": high, "random": random,
+                              "datasets": int(mine["task"].nunique()), "verdict": verdict})
+        rows.append([*line, f"{above} of {len(reference.T0_FAMILIES)}"])
+    return Table("families", f"T0-Eval by held-out task family, ours at {scale}",
+                 caption(scale, reps.replicates, "A family's score is the mean over its datasets "
+                         "of the median over prompts; ↑ / ↓: its interval lies above / below the "
+                         "mean chance of its datasets."), columns, rows, pd.DataFrame(data_rows))
+
+
 def per_task(data: RunData, reps: bootstrap.Replicates, scale: str) -> Table:
     """Every task of every cell (lm-eval's make_table layout): value, interval, chance, n."""
     tasks = aggregate.task_scores(data.frame)
@@ -396,13 +442,15 @@ def compute_table(data: RunData, scale: str) -> Table:
 
 def all_tables(data: RunData, reps: bootstrap.Replicates,
                entries: Optional[pd.DataFrame] = None) -> dict[str, list[Table]]:
-    """scale -> its tables: Tables 3, 6, 7, 8, the findings, per task, per prompt, compute."""
+    """scale -> its tables: Tables 3, 6, 7, 8, the findings, the T0-Eval families, per task,
+    per prompt, compute."""
     entries = summarize(data, reps) if entries is None else entries
     scales = list(dict.fromkeys(data.runs["scale"])) if not data.runs.empty else []
     out = {}
     for scale in scales:
         tables = [paper_table(name, entries, scale, reps.replicates) for name in PAPER_TABLES]
-        tables += [differences(entries, reps, scale), per_task(data, reps, scale),
+        tables += [differences(entries, reps, scale), families(data, entries, reps, scale),
+                   per_task(data, reps, scale),
                    per_prompt(data, scale), compute_table(data, scale)]
         out[scale] = tables
     return out
@@ -425,5 +473,6 @@ def as_entries(paper: Optional[pd.DataFrame] = None, scale: str = reference.PAPE
     return pd.DataFrame(rows)
 
 
-__all__ = ["Table", "summarize", "paper_table", "differences", "per_task", "per_prompt",
-           "compute_table", "all_tables", "as_entries", "format_entry", "entry_replicates"]
+__all__ = ["Table", "summarize", "paper_table", "differences", "families", "per_task",
+           "per_prompt", "compute_table", "all_tables", "as_entries", "format_entry",
+           "entry_replicates"]

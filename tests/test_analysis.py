@@ -191,6 +191,36 @@ def test_t0_replicates_take_the_median_over_prompts_inside_each_replicate():
         np.median(values.mean(axis=1)))
 
 
+def test_t0_families_count_those_whose_interval_clears_their_chance():
+    """Planted: NLI well above chance in both seeds, word sense at chance, sentence completion
+    (HellaSwag, chance 25%) at 30% over 2,000 examples: above its own chance though below the
+    others'. Seeds are pooled as in the cell's aggregate."""
+    rng = np.random.default_rng(0)
+    rows, examples = [], {}
+    for run in ("s0", "s1"):
+        for task, accuracy, n in (("anli_r1", 0.8, 200), ("cb", 0.7, 200), ("wic", 0.5, 200),
+                                  ("hellaswag", 0.3, 2000)):
+            values = (rng.random(n) < accuracy).astype(float)
+            rows.append({"run": run, "cell": "c", "suite": "t0", "task": task, "prompt": "p",
+                         "value": values.mean(), "random": reference.task_random("t0")[task],
+                         "n": n, "group": "c", "seed": int(run[1])})
+            examples[(run, "c", "t0", task, "p")] = (np.arange(n), values)
+    data = RunData(_frame(rows), pd.DataFrame(), examples, pd.DataFrame(), pd.DataFrame(),
+                   pd.DataFrame())
+    reps = bootstrap.bootstrap(data, replicates=400, seed=0)
+    entries = pd.DataFrame([{"scale": "s", "suite": "t0", "status": "done", "cell": "c",
+                             "group_key": "s0|c|t0;s1|c|t0"}])
+    table = tables.families(data, entries, reps, "s")
+    verdicts = table.data.set_index("family")["verdict"].to_dict()
+    assert verdicts == {"NLI": "above", "Sentence completion": "above", "Word sense": "at chance"}
+    assert table.rows[0][-1] == "2 of 4" and table.rows[0][3] == ""  # no coreference results
+    nli = table.data.set_index("family").loc["NLI"]
+    assert nli["random"] == pytest.approx(1 / 3) and nli["datasets"] == 2
+    pooled = np.mean([np.mean([r["value"] for r in rows if r["run"] == run and
+                               r["task"] in ("anli_r1", "cb")]) for run in ("s0", "s1")])
+    assert nli["score"] == pytest.approx(pooled) and nli["low"] < pooled < nli["high"]
+
+
 def test_paired_bootstrap_detects_a_planted_difference_and_not_a_null_one():
     rng = np.random.default_rng(0)
     trials, n, false_alarms, found = 200, 300, 0, 0

@@ -212,3 +212,63 @@ def test_the_stream_is_the_one_tensorflow_and_autograph_build(corpus):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 30, 0], ids=["kept", "nothing-kept"])
+def test_shared_streams_give_each_reader_the_stream_and_its_exact_states(corpus, tmp_path,
+                                                                         monkeypatch, max_bytes):
+    # cd:flm: the cheapest pipeline to build (this test builds up to five).
+    """Inside ``shared_streams`` (the grid's stages in one process), readers of one stream get the
+    batches a pipeline of their own would give, wherever they stop; a state saved where the kept
+    pipeline is, or behind it, restores into a new pipeline at the next batch; the pipeline is
+    built once for readers that the kept batches and the kept pipeline can serve. With nothing
+    kept (``max_bytes=0``), readers behind the kept pipeline build their own, and the stream is
+    the same."""
+    import itertools
+
+    import numpy as np
+
+    from harness.train import data
+
+    spec = data.DataSpec(architecture="cd", objective="flm", source=corpus, vocabulary="byte",
+                         total_length=32)
+    reference = list(itertools.islice(data.pretraining_batches(spec, 4), 9))
+    builds = []
+    original = data.build_dataset
+    monkeypatch.setattr(data, "build_dataset", lambda *a, **k: builds.append(1) or original(*a, **k))
+
+    def assert_stream(batches, start):
+        for offset, batch in enumerate(batches):
+            for key, value in reference[start + offset].items():
+                np.testing.assert_array_equal(batch[key], value, err_msg=f"{start + offset}:{key}")
+
+    def restored_next(prefix):
+        fresh = data.Batches(lambda: original(spec, batch_size=4))
+        fresh.restore_state(prefix)
+        return next(fresh)
+
+    with data.shared_streams(max_bytes=max_bytes):
+        first = data.pretraining_batches(spec, 4)
+        assert_stream([next(first) for _ in range(5)], 0)           # kept pipeline at 5
+        first.save_state(str(tmp_path / "at5"))
+        assert len(builds) == 1
+
+        behind = data.pretraining_batches(spec, 4)                   # a shorter stage
+        assert_stream([next(behind) for _ in range(3)], 0)
+        behind.save_state(str(tmp_path / "at3"))                     # behind the kept pipeline
+        assert_stream([next(behind)], 3)
+
+        longer = data.pretraining_batches(spec, 4, start_step=2)     # past the kept pipeline
+        assert_stream([next(longer) for _ in range(6)], 2)           # kept pipeline now at 8
+        longer.save_state(str(tmp_path / "at8"))
+        assert len(builds) == (2 if max_bytes else 3)                # + behind's own (+ longer's)
+        with pytest.raises(ValueError, match="already taken"):
+            longer.restore_state(str(tmp_path / "at5"))
+
+        resumed = data.pretraining_batches(spec, 4)                  # a resumed stage
+        resumed.restore_state(str(tmp_path / "at5"))
+        assert_stream([next(resumed)], 5)
+
+    assert_stream([restored_next(str(tmp_path / "at3"))], 3)
+    assert_stream([restored_next(str(tmp_path / "at5"))], 5)
+    assert_stream([restored_next(str(tmp_path / "at8"))], 8)

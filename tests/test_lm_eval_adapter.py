@@ -92,6 +92,17 @@ def test_loglikelihood_matches_the_scorer(lm):
     assert all(np.isfinite(score) and score < 0 for score, _ in got)
 
 
+def test_progress_bars_can_be_turned_off(checkpoints, capsys):
+    """lm-eval's "Tokenizing inputs" bar, which the evaluator asks for, is not drawn with
+    ``progress=False`` (a grid's evaluations) and is drawn by default."""
+    requests = [Instance("loglikelihood", {}, ("A cat", " sat"), 0)]
+    for progress, drawn in ((False, False), (True, True)):
+        lm = ArchobjLM(str(checkpoints[0]), max_inputs_length=16, max_targets_length=8,
+                       progress=progress)
+        lm.loglikelihood(requests)
+        assert ("Tokenizing inputs" in capsys.readouterr().err) is drawn
+
+
 def test_loglikelihood_rolling_scores_every_token_once(lm):
     text = "A rolling document that is longer than one row of the tiny models."
     [total] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)],

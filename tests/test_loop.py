@@ -5,6 +5,7 @@ CD -> ND adaptation from another run, and a clear error for a parameter tree tha
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -60,6 +61,26 @@ def test_resume_continues_bitwise_and_writes_the_run_directory(corpus, tmp_path,
     assert records[2]["tokens_trained"] == 3 * 8 * 32  # cumulative
     document = json.loads((run_dir / "config.json").read_text())
     assert document["run"]["train"]["steps"] == 6 and document["model"]["architecture"] == "cd"
+
+
+def test_stages_with_the_same_step_share_its_jitted_function(corpus, tmp_path):
+    """A second stage whose model, optimizer, training settings and mesh equal the first's (a
+    grid's MTF stages of one architecture) steps with the first's jitted function, and trains
+    exactly as the first did; a stage that differs in one of them gets its own. As in a grid, the
+    stages share their data stream too (``shared_streams``): the later ones read it from memory."""
+    from harness.train import loop
+    from harness.train.data import shared_streams
+
+    loop._STEPS.clear()
+    with shared_streams():
+        first = run(_config(corpus, tmp_path / "first", "train.steps=3"), progress=False)
+        shared = next(iter(loop._STEPS.values()))
+        second = run(_config(corpus, tmp_path / "second", "train.steps=3"), progress=False)
+        assert list(loop._STEPS.values()) == [shared]
+        assert first.losses == second.losses  # bitwise
+        other = run(_config(corpus, tmp_path / "other", "train.steps=3",
+                            "optim.learning_rate=0.5", "optim.schedule=constant"), progress=False)
+        assert len(loop._STEPS) == 2 and other.losses[1:] != first.losses[1:]
 
 
 def test_cd_to_nd_adaptation_starts_from_the_other_run(corpus, tmp_path, uninterrupted):
@@ -134,8 +155,10 @@ def test_finetune_stage_trains_on_the_t0_mixture(corpus, tmp_path, uninterrupted
 
 
 @pytest.mark.parametrize("arch", ["nd", "ed"])
-def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch):
+def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch, caplog):
     from harness.train.data import mtf_batches
+
+    caplog.set_level(logging.WARNING)
 
     def stream(**kwargs):
         return mtf_batches(arch, t0_fixture, "byte", 4, inputs_length=40, targets_length=16,
@@ -161,6 +184,9 @@ def test_mtf_batches_use_the_architectures_converter(t0_fixture, arch):
         assert (prefix & weights).sum() == segments > 0
         assert (first["decoder_target_tokens"][weights] == 1).sum() == segments
     assert set(np.unique(first["decoder_loss_weights"])) <= {0, 1}
+    # seqio's advice to cache generator-backed tasks (one line per task and build) is not shown:
+    # restarts restore the shuffle buffers (harness/train/data.py).
+    assert not [r for r in caplog.records if "uncached" in r.getMessage()]
 
 
 def test_sigkilled_run_resumes_with_identical_losses_and_logs_each_step_once(corpus, tmp_path,

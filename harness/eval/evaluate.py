@@ -140,7 +140,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
                         bootstrap_iters: Optional[int] = None,
                         max_prompts: Optional[int] = None,
                         length_buckets: Optional[Sequence[int]] = None,
-                        report: Callable[[str], None] = print) -> list[SuiteResult]:
+                        report: Callable[[str], None] = print,
+                        progress: bool = True) -> list[SuiteResult]:
     """Evaluates ``checkpoint`` on ``suites``; see the module docstring.
 
     Args:
@@ -168,6 +169,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
       length_buckets: the padded lengths of the scorer's passes (``Scorer``); None for its
         default. Fewer lengths compile fewer shapes and pad more.
       report: receives progress lines and the summary tables.
+      progress: show lm-eval's progress bars (a grid turns them off: it reports each stage).
 
     Returns:
       One ``SuiteResult`` per suite, in order.
@@ -200,7 +202,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, suites: Sequence[str], *,
             lm = ArchobjLM(str(checkpoint), vocabulary=vocabulary, architecture=architecture,
                            step=step, batch_size=batch_size, max_inputs_length=inputs_length,
                            max_targets_length=targets_length, mesh=mesh, dtype=dtype,
-                           length_buckets=length_buckets)
+                           length_buckets=length_buckets, progress=progress)
         else:
             lm.set_lengths(inputs_length, targets_length)
         start = time.perf_counter()

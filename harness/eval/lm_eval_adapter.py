@@ -79,6 +79,8 @@ class ArchobjLM(TemplateLM):
       length_buckets: the padded lengths of the scorer's passes, as ints or ``"32/128/512"``
         (``harness.eval.scoring.Scorer``); None for its default. Fewer lengths compile fewer
         shapes and pad more.
+      progress: show lm-eval's progress bars (tokenizing the requests); a grid, which prints one
+        line per stage, turns them off.
 
     Raises:
       harness.storage.checkpoint.CheckpointError: a missing or invalid checkpoint.
@@ -93,14 +95,15 @@ class ArchobjLM(TemplateLM):
                  context_eos: Union[bool, str] = False,
                  mesh: Union[None, str, Sequence[int]] = None, dtype: Optional[str] = None,
                  length_buckets: Union[None, str, Sequence[int]] = None,
-                 **unused: Any) -> None:
+                 progress: Union[bool, str] = True, **unused: Any) -> None:
         super().__init__()
         unknown = sorted(set(unused) - set(_IGNORED_ARGUMENTS))
         if unknown:
             raise ValueError(
                 f"archobj model: unknown argument(s) {', '.join(unknown)}; allowed: checkpoint, "
                 "vocabulary, architecture, step, batch_size, max_inputs_length, "
-                "max_targets_length, max_gen_toks, context_eos, mesh, dtype, length_buckets")
+                "max_targets_length, max_gen_toks, context_eos, mesh, dtype, length_buckets, "
+                "progress")
         batch_size = _as_int("batch_size", batch_size)
         max_gen_toks = _as_int("max_gen_toks", max_gen_toks)
         if step is not None:
@@ -111,6 +114,7 @@ class ArchobjLM(TemplateLM):
         config = with_dtype(ckpt.read_config(directory), dtype)
         resolved = resolve_architecture(config, architecture)
         self.context_eos = _as_bool("context_eos", context_eos)
+        self.progress = _as_bool("progress", progress)
         if self.context_eos and not resolved.is_encoder_decoder:
             raise ValueError(f"context_eos=True: only for encoder-decoders (a {resolved.architecture} "
                              "model reads context and continuation as one row)")
@@ -187,6 +191,10 @@ class ArchobjLM(TemplateLM):
                      ) -> list[tuple[float, bool]]:
         """``(log p(continuation | context), is_greedy)`` per ``(context, continuation)`` ids."""
         return self.scorer.loglikelihood(requests)
+
+    def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False,
+                      ) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
 
     def _loglikelihood_tokens(self, requests: Sequence[tuple[Any, list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any,

@@ -106,8 +106,13 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
     started = time.perf_counter()
     if todo:
         prepare(plan, ledger, report, compilation_cache)
+    from harness.train.data import shared_streams  # no TensorFlow until a pipeline is built
+
     try:
-        _run_stages(plan, todo, summary, ledger, retry_failed, report)
+        # The stages that read one stream (every MTF of an architecture, adaptations of a
+        # pretraining objective) build its pipeline once: harness/train/data.py.
+        with shared_streams():
+            _run_stages(plan, todo, summary, ledger, retry_failed, report)
     finally:
         ledger.stop_listening()
     report(f"{plan.grid.name}: {len(todo)} stages considered in "
@@ -278,7 +283,7 @@ def execute(plan: Plan, stage: Stage) -> None:
                             length_buckets=settings.length_buckets,
                             bootstrap_iters=settings.bootstrap_iters,
                             max_prompts=settings.max_prompts,
-                            report=lambda line: None)
+                            report=lambda line: None, progress=False)
 
 
 def write_index(plan: Plan) -> None:

@@ -318,13 +318,16 @@ class _DropReadOnlyNotices(logging.Filter):
     user and would clutter every CLI command that loads a model.
     """
 
-    # ... and the notice that a training checkpoint's other items (optimizer state, meta) are not
-    # restored when only the parameters are loaded, which is what load_model asks for.
-    _PREFIXES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True",
-                 'Item "opt_state" was found', 'Item "meta" was found')
+    # ... and the notice that a training checkpoint's other items (optimizer state, meta, data
+    # state) are not restored when only the parameters are loaded, which is what load_model asks
+    # for: one line per item and load, three per evaluation in a grid's log.
+    _PREFIXES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+    _NOT_RESTORED = "was found in the checkpoint, but could not be restored"
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self._PREFIXES)
+        message = record.getMessage()
+        return not (message.startswith(self._PREFIXES) or
+                    (message.startswith('Item "') and self._NOT_RESTORED in message))
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import re
 import threading
@@ -154,9 +155,11 @@ def pretraining_batches(spec: DataSpec, global_batch_size: int, *, start_step: i
       length]}``.
     """
     _check_stream(global_batch_size, num_hosts, start_step)
-    return Batches(functools.partial(
+    key = ("pretraining", dataclasses.astuple(spec), global_batch_size, split, host_index,
+           num_hosts, _files_signature(spec.source), _files_signature(spec.vocabulary))
+    return _stream(key, lambda: Batches(functools.partial(
         build_dataset, spec, batch_size=global_batch_size // num_hosts, split=split,
-        shard_index=host_index, num_shards=num_hosts)).skip(start_step)
+        shard_index=host_index, num_shards=num_hosts))).skip(start_step)
 
 
 def _check_stream(global_batch_size: int, num_hosts: int, start_step: int) -> None:
@@ -194,29 +197,37 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
     _check_stream(global_batch_size, num_hosts, start_step)
     if architecture not in ("cd", "nd", "ed"):
         raise ValueError(f"architecture={architecture!r}: must be one of ['cd', 'nd', 'ed']")
-    hide_gpus_from_tensorflow()
-    from objectives import t0, vocab
 
-    vocab_ = vocab.load_vocabulary(vocabulary)
-    if source == "t0-hf":
-        mixture = t0.register_t0_mixture_from_hf(vocab_)
-    else:  # T0's rates and 500,000 cap over the local files (objectives/t0.py)
-        mixture = t0.register_t0_mixture_from_jsonl(source, vocab_)
-    import seqio
+    def make() -> Batches:
+        hide_gpus_from_tensorflow()
+        from objectives import t0, vocab
 
-    lengths = {"inputs": inputs_length, "targets": targets_length}
-    shard_info = seqio.ShardInfo(host_index, num_hosts) if num_hosts > 1 else None
+        vocab_ = vocab.load_vocabulary(vocabulary)
+        if source == "t0-hf":
+            mixture = t0.register_t0_mixture_from_hf(vocab_)
+        else:  # T0's rates and 500,000 cap over the local files (objectives/t0.py)
+            mixture = t0.register_t0_mixture_from_jsonl(source, vocab_)
+        import seqio
 
-    def build() -> Any:
-        with _building():
-            dataset = mixture.get_dataset(sequence_length=lengths, split="train", shuffle=True,
-                                          seed=seed, shard_info=shard_info, num_epochs=None)
-        converter = (seqio.EncDecFeatureConverter(pack=pack) if architecture == "ed" else
-                     seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
-        return converter(dataset, lengths).batch(global_batch_size // num_hosts,
-                                                 drop_remainder=True)
+        lengths = {"inputs": inputs_length, "targets": targets_length}
+        shard_info = seqio.ShardInfo(host_index, num_hosts) if num_hosts > 1 else None
 
-    return Batches(build).skip(start_step)
+        def build() -> Any:
+            with _building():
+                dataset = mixture.get_dataset(sequence_length=lengths, split="train",
+                                              shuffle=True, seed=seed, shard_info=shard_info,
+                                              num_epochs=None)
+            converter = (seqio.EncDecFeatureConverter(pack=pack) if architecture == "ed" else
+                         seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True))
+            return converter(dataset, lengths).batch(global_batch_size // num_hosts,
+                                                     drop_remainder=True)
+
+        return Batches(build)
+
+    key = ("mtf", architecture, source, vocabulary, global_batch_size, inputs_length,
+           targets_length, seed, pack, host_index, num_hosts, _files_signature(source),
+           _files_signature(vocabulary))
+    return _stream(key, make).skip(start_step)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -345,6 +356,188 @@ def _close_open_batches() -> None:
         batches.close()
 
 
+# -------------------------------------------------------------------------------------------------
+# Streams shared by the stages of one process.
+# -------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def shared_streams(max_bytes: int = 1 << 30) -> Iterator[None]:
+    """While active, the stages of this process that read the same stream share one pipeline.
+
+    A grid runs its stages one after another in one process (``harness/grid/runner.py``), and many
+    of them read a stream another stage has read: every multitask finetuning of one architecture
+    reads the same mixture from its start, and an adaptation reads a pretraining objective's stream
+    from its start. Batch ``k`` of a stream is a pure function of what decides the stream (the key:
+    every setting of the pipeline, this host's shard, and the size and modification time of the
+    source and vocabulary files), so each batch is built once per process: the first pipeline of
+    a stream is kept, positioned after the last batch any stage took from it, together with those
+    batches (numpy, read-only); a later stage reads the batches before that position from memory
+    and the rest from the kept pipeline. That saves what every stage would otherwise pay again: the
+    build (tracing the tasks' preprocessors: 3-6 s for the tiny grid's pipelines) and the first
+    batch (filling the shuffle buffers: 1-4 s).
+
+    Data states stay exact. A stage that saves its state where the kept pipeline is saves that
+    pipeline's state: the same stream at the same position. One that saves behind it (a shorter
+    stage on a longer stage's stream) builds a pipeline of its own for the save, replayed to its
+    position, and reads from that one from then on. Restoring a state (a resumed stage) always
+    restores into a new pipeline of the stage's own.
+
+    Args:
+      max_bytes: the memory that kept batches may take, all streams together. A stream whose next
+        batch would pass it keeps what it has; a stage that needs a batch no longer held builds its
+        own pipeline, as without sharing.
+    """
+    global _SHARED
+    if _SHARED is not None:  # nested: the outer registry serves
+        yield
+        return
+    _SHARED = _SharedStreams(max_bytes)
+    try:
+        yield
+    finally:
+        registry, _SHARED = _SHARED, None
+        registry.close()
+
+
+def _stream(key: tuple, make: Callable[[], Batches]) -> Any:
+    """A new reader of the stream ``key`` at its first batch: a ``Batches`` of its own (``make()``),
+    or, inside ``shared_streams``, a ``_SharedReader``."""
+    if _SHARED is None:
+        return make()
+    return _SharedReader(_SHARED.recording(key, make), make)
+
+
+def _files_signature(path: str) -> Optional[tuple]:
+    """``(relative path, size, modification time)`` of ``path`` and the files under it, or None
+    where ``path`` names no local file (``c4``, ``t5``): part of a shared stream's key, so that a
+    file changed between two stages of one process is never read from the first stage's batches."""
+    if not os.path.exists(path):
+        return None
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    return tuple((os.path.relpath(f, path), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                 for f in files)
+
+
+class _Recording:
+    """One stream in ``shared_streams``: its kept pipeline and the batches taken from it."""
+
+    def __init__(self, pipeline: Batches) -> None:
+        self.pipeline = pipeline
+        self.batches: list[dict[str, np.ndarray]] = []  # batch i is batches[i] while it is kept
+        self.head = 0                # the kept pipeline's position: batches taken from it
+        self.keeping = True          # False once the memory budget stopped keeping batches
+
+    def take(self, registry: "_SharedStreams") -> dict[str, np.ndarray]:
+        batch = next(self.pipeline)
+        for array in batch.values():
+            array.flags.writeable = False  # shared by every reader of the stream
+        if self.keeping and registry.admit(sum(a.nbytes for a in batch.values())):
+            self.batches.append(batch)
+        else:
+            self.keeping = False
+        self.head += 1
+        return batch
+
+
+class _SharedStreams:
+    """The registry of ``shared_streams``: key -> ``_Recording``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.recordings: dict[tuple, _Recording] = {}
+
+    def recording(self, key: tuple, make: Callable[[], Batches]) -> _Recording:
+        if key not in self.recordings:
+            self.recordings[key] = _Recording(make())
+        return self.recordings[key]
+
+    def admit(self, nbytes: int) -> bool:
+        if self.nbytes + nbytes > self.max_bytes:
+            return False
+        self.nbytes += nbytes
+        return True
+
+    def close(self) -> None:
+        for recording in self.recordings.values():
+            recording.pipeline.close()
+        self.recordings.clear()
+
+
+class _SharedReader:
+    """One stage's reader of a shared stream, with ``Batches``' interface (``shared_streams``).
+
+    Batch ``i`` comes from the recording's memory if it is kept there, from the kept pipeline if
+    that is at ``i``, and otherwise from a pipeline of the reader's own (built once, replayed to
+    ``i``), which serves it from then on.
+    """
+
+    def __init__(self, recording: _Recording, make: Callable[[], Batches]) -> None:
+        self._recording = recording
+        self._make = make
+        self._position = 0
+        self._own: Optional[Batches] = None
+
+    def __iter__(self) -> "_SharedReader":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._own is None:
+            recording = self._recording
+            if self._position < len(recording.batches):
+                batch = recording.batches[self._position]
+            elif self._position == recording.head:
+                batch = recording.take(_SHARED) if _SHARED is not None else None
+            else:
+                batch = None
+            if batch is not None:
+                self._position += 1
+                return dict(batch)
+            self._detach()
+        self._position += 1
+        return next(self._own)
+
+    def _detach(self) -> Batches:
+        """A pipeline of this reader's own, at its position."""
+        if self._own is None:
+            self._own = self._make().skip(self._position)
+        return self._own
+
+    def skip(self, count: int) -> "_SharedReader":
+        if self._own is not None:
+            self._own.skip(count)
+            self._position += count
+        else:
+            for _ in range(count):
+                next(self)
+        return self
+
+    def save_state(self, prefix: str) -> None:
+        """As ``Batches.save_state``: the kept pipeline's state if it is at this reader's position,
+        else that of a pipeline of the reader's own."""
+        if self._own is None and self._position == self._recording.head:
+            self._recording.pipeline.save_state(prefix)
+        else:
+            self._detach().save_state(prefix)
+
+    def restore_state(self, prefix: str) -> None:
+        """As ``Batches.restore_state``, into a new pipeline of the reader's own."""
+        if self._position:
+            raise ValueError(f"restore_state({prefix}): {self._position} batches were already "
+                             "taken; restore into a new iterator")
+        self._own = self._make()
+        self._own.restore_state(prefix)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+
+_SHARED: Optional[_SharedStreams] = None
+
+
 def _one_line(error: BaseException, limit: int = 300) -> str:
     """A TensorFlow error's first line (they carry graph dumps below), at most ``limit`` chars."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -364,9 +557,27 @@ _GENERATOR_PATCH_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _building() -> Iterator[None]:
     """What this module changes while it builds a pipeline (``checkpointable_sources`` and
-    ``tasks_without_autograph``); neither changes an element of the stream."""
-    with checkpointable_sources(), tasks_without_autograph():
-        yield
+    ``tasks_without_autograph``); neither changes an element of the stream. seqio's advice to cache
+    a generator-backed task before training on it is dropped meanwhile (``_UncachedNotice``)."""
+    notice = _UncachedNotice()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(notice)
+    try:
+        with checkpointable_sources(), tasks_without_autograph():
+            yield
+    finally:
+        absl_logger.removeFilter(notice)
+
+
+class _UncachedNotice(logging.Filter):
+    """Drops seqio's "Using an uncached FunctionDataset for training is not recommended since it
+    often results in insufficient shuffling on restarts", logged once per task per build (twenty
+    lines for each MTF stage of the tiny grid). Its concern does not hold here: a restart restores
+    the pipeline's saved state, shuffle buffers included, or replays the stream, and either gives
+    the uninterrupted run's batches exactly (module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Using an uncached FunctionDataset for training")
 
 
 @contextlib.contextmanager

@@ -330,12 +330,12 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
                                skipped_checkpoints=skipped)
 
         batch_sharding = NamedSharding(mesh, PartitionSpec(sharding.DATA))
-        step_fn = jax.jit(
+        step_fn = _jitted_step(config, mesh, lambda: jax.jit(
             make_train_step(Transformer(model_config, enable_dropout=True), optimizer, schedule,
                             z_loss=train.z_loss, loss_normalization=train.loss_normalization,
                             num_microbatches=train.microbatches),
             in_shardings=(shardings, batch_sharding, None), out_shardings=(shardings, None),
-            donate_argnums=0)
+            donate_argnums=0))
         writer = _MetricsWriter(run_dir, is_main,
                                 purge_step=None if changed is None else start + 1)
         bar = _progress_bar(start, train.steps, progress)
@@ -421,6 +421,36 @@ def run(config: config_lib.RunConfig, progress: Optional[bool] = None) -> StageR
             bar.close()
     return StageResult(run_dir=run_dir, first_step=start, last_step=train.steps, losses=losses,
                        skipped_checkpoints=skipped)
+
+
+# The jitted training steps of this process, by what decides them (``_jitted_step``).
+_STEPS: dict[str, Any] = {}
+_MAX_STEPS = 8
+
+
+def _jitted_step(config: config_lib.RunConfig, mesh: Any, make: Any) -> Any:
+    """The jitted step of ``config`` on ``mesh``: ``make()``, or the one an earlier stage of this
+    process made for the same step.
+
+    A grid runs many stages in one process, and many of them step the same function: every MTF of
+    an architecture, or pretrainings of one architecture with different objectives (the objective
+    lives in the batches, not the step). Reusing the jitted function reuses its compiled
+    executable, where a new one traces and lowers the step again and looks it up in the persistent
+    cache: about 2 s per stage of the tiny grid. The step is decided by the model, optimizer and
+    training settings and by the mesh, and all of them are the key; a stage whose key differs in
+    any field, even one the step does not read (``train.log_every``), makes its own.
+    """
+    key = json.dumps({"model": config.model_config().to_dict(),
+                      "optim": dataclasses.asdict(config.optim),
+                      "train": dataclasses.asdict(config.train),
+                      "mesh": [list(mesh.axis_names), list(mesh.devices.shape),
+                               [int(d.id) for d in mesh.devices.flat]]},
+                     sort_keys=True, default=str)
+    if key not in _STEPS:
+        if len(_STEPS) >= _MAX_STEPS:  # the oldest goes: a grid moves from stage to stage
+            del _STEPS[next(iter(_STEPS))]
+        _STEPS[key] = make()
+    return _STEPS[key]
 
 
 class _StartupClock:
