@@ -8,7 +8,8 @@ function of entries:
 - ``paper_table("Table 3" | "Table 6" | "Table 7" | "Table 8", ...)``: the paper's rows in its
   order (from ``paper_numbers.csv``), ours beside the paper's for each suite; a row the grid lacks
   says ``missing``;
-- ``differences``: the paper's three findings as paired bootstrap comparisons;
+- ``differences``: the paper's three findings as paired bootstrap comparisons, and what
+  multitask finetuning did to each pretraining;
 - ``families``: T0-Eval by held-out task family, and how many lie above chance;
 - ``per_task``, ``per_prompt``: the breakdowns; ``compute_table``: tokens, FLOPs, time, MFU.
 
@@ -295,6 +296,11 @@ FINDINGS = (
       "nd_mlm > nd_mtf")),
     ("Finding 3: NC-A then MTF beats continued CD:FLM", "1+", "cd_flm > nd_mlm > nd_mtf",
      ("cd_flm > cd_flm > cd_mtf", "cd_flm > cd_flm > nd_mtf")),
+    # Not a finding of the paper's but what its Tables 3 and 8 show side by side (PAPER.md 4.1,
+    # 4.2): each pretraining after multitask finetuning against itself before.
+    *(("What MTF did: each pretraining after MTF against itself before", "1",
+       f"{pair} > {pair[:2]}_mtf", (pair,))
+      for pair in ("cd_flm", "nd_plm", "ed_plm", "cd_mlm", "nd_mlm", "ed_mlm")),
 )
 
 
