@@ -214,16 +214,13 @@ def test_the_stream_is_the_one_tensorflow_and_autograph_build(corpus):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.parametrize("max_bytes", [1 << 30, 0], ids=["kept", "nothing-kept"])
 def test_shared_streams_give_each_reader_the_stream_and_its_exact_states(corpus, tmp_path,
-                                                                         monkeypatch, max_bytes):
-    # cd:flm: the cheapest pipeline to build (this test builds up to five).
+                                                                         monkeypatch):
     """Inside ``shared_streams`` (the grid's stages in one process), readers of one stream get the
     batches a pipeline of their own would give, wherever they stop; a state saved where the kept
     pipeline is, or behind it, restores into a new pipeline at the next batch; the pipeline is
-    built once for readers that the kept batches and the kept pipeline can serve. With nothing
-    kept (``max_bytes=0``), readers behind the kept pipeline build their own, and the stream is
-    the same."""
+    built once for readers that the kept batches and the kept pipeline can serve."""
+    # cd:flm: the cheapest pipeline to build (this test builds three).
     import itertools
 
     import numpy as np
@@ -247,7 +244,7 @@ def test_shared_streams_give_each_reader_the_stream_and_its_exact_states(corpus,
         fresh.restore_state(prefix)
         return next(fresh)
 
-    with data.shared_streams(max_bytes=max_bytes):
+    with data.shared_streams():
         first = data.pretraining_batches(spec, 4)
         assert_stream([next(first) for _ in range(5)], 0)           # kept pipeline at 5
         first.save_state(str(tmp_path / "at5"))
@@ -261,7 +258,7 @@ def test_shared_streams_give_each_reader_the_stream_and_its_exact_states(corpus,
         longer = data.pretraining_batches(spec, 4, start_step=2)     # past the kept pipeline
         assert_stream([next(longer) for _ in range(6)], 2)           # kept pipeline now at 8
         longer.save_state(str(tmp_path / "at8"))
-        assert len(builds) == (2 if max_bytes else 3)                # + behind's own (+ longer's)
+        assert len(builds) == 2                                      # + behind's own
         with pytest.raises(ValueError, match="already taken"):
             longer.restore_state(str(tmp_path / "at5"))
 
@@ -272,3 +269,56 @@ def test_shared_streams_give_each_reader_the_stream_and_its_exact_states(corpus,
     assert_stream([restored_next(str(tmp_path / "at3"))], 3)
     assert_stream([restored_next(str(tmp_path / "at5"))], 5)
     assert_stream([restored_next(str(tmp_path / "at8"))], 8)
+
+
+class _CountingPipeline:
+    """A stand-in for ``Batches`` over batch numbers (no TensorFlow): batch i is {"x": [i]}."""
+
+    def __init__(self, built):
+        built.append(self)
+        self.position, self.saved = 0, []
+
+    def __next__(self):
+        import numpy as np
+
+        self.position += 1
+        return {"x": np.array([self.position - 1])}
+
+    def skip(self, count):
+        self.position += count
+        return self
+
+    def save_state(self, prefix):
+        self.saved.append(self.position)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 20, 16, 0], ids=["all-kept", "two-kept", "none-kept"])
+def test_shared_readers_under_a_memory_budget(max_bytes):
+    """The budget only changes who builds: readers get batch i as i-th batch whatever is kept, read
+    what memory holds, take from the kept pipeline at its position, and build their own (replayed
+    to their position) for anything else; a save goes to the pipeline at the reader's position."""
+    from harness.train import data
+
+    built = []
+    with data.shared_streams(max_bytes=max_bytes):
+        def reader():
+            return data._stream(("key",), lambda: _CountingPipeline(built))
+
+        first = reader()
+        assert [int(next(first)["x"][0]) for _ in range(4)] == [0, 1, 2, 3]
+        kept = built[0]
+        second = reader()
+        assert [int(next(second)["x"][0]) for _ in range(6)] == [0, 1, 2, 3, 4, 5]
+        second.save_state("p")
+        kept_batches = {1 << 20: 6, 16: 2, 0: 0}[max_bytes]          # 8 bytes a batch
+        assert len(data._SHARED.recordings[("key",)].batches) == kept_batches
+        if max_bytes == 1 << 20:   # all from memory, then the kept pipeline: nothing built
+            assert len(built) == 1 and kept.saved == [6]
+        else:                      # behind the kept pipeline, past memory: its own, at 2 or 0
+            assert len(built) == 2 and built[1].saved == [6] and kept.saved == []
+        third = reader().skip(5)
+        assert int(next(third)["x"][0]) == 5
+    assert data._SHARED is None

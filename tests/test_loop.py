@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import jax
 import numpy as np
 import pytest
 
@@ -78,9 +79,13 @@ def test_stages_with_the_same_step_share_its_jitted_function(corpus, tmp_path):
         second = run(_config(corpus, tmp_path / "second", "train.steps=3"), progress=False)
         assert list(loop._STEPS.values()) == [shared]
         assert first.losses == second.losses  # bitwise
-        other = run(_config(corpus, tmp_path / "other", "train.steps=3",
-                            "optim.learning_rate=0.5", "optim.schedule=constant"), progress=False)
-        assert len(loop._STEPS) == 2 and other.losses[1:] != first.losses[1:]
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    made = []
+    for extra in ([], ["optim.learning_rate=0.5"], ["train.z_loss=0.0"], ["model.dropout_rate=0.1"],
+                  []):
+        loop._jitted_step(_config(corpus, tmp_path / "x", "train.steps=3", *extra), mesh,
+                          lambda: made.append(1) or len(made))
+    assert len(made) == 4  # each change its own step; the repeat of the first reuses it
 
 
 def test_cd_to_nd_adaptation_starts_from_the_other_run(corpus, tmp_path, uninterrupted):
