@@ -147,9 +147,14 @@ def summarize(data: RunData, reps: Optional[bootstrap.Replicates] = None) -> pd.
     return pd.DataFrame(rows)
 
 
+def entry_keys(entry: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The (run, cell, suite) keys of an entry's seeds (its ``group_key``)."""
+    return [tuple(k.split("|")) for k in str(entry.get("group_key") or "").split(";") if k]
+
+
 def entry_replicates(entry: Mapping[str, Any], reps: bootstrap.Replicates) -> Optional[np.ndarray]:
     """The replicates of an entry (averaged over its seeds)."""
-    keys = [tuple(k.split("|")) for k in str(entry.get("group_key") or "").split(";") if k]
+    keys = entry_keys(entry)
     values = [reps.suite[k] for k in keys if k in reps.suite]
     return np.mean(np.stack(values), axis=0) if values else None
 
@@ -358,7 +363,7 @@ def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, s
     done = entries[(entries["scale"] == scale) & (entries["suite"] == "t0") &
                    (entries["status"] == "done")]
     for entry in done.to_dict("records"):
-        keys = [tuple(k.split("|")) for k in str(entry["group_key"]).split(";") if k]
+        keys = entry_keys(entry)
         line, above = [entry["cell"]], 0
         for family, tasks in reference.T0_FAMILIES.items():
             mine = scores[scores["run"].isin([k[0] for k in keys]) &
@@ -367,8 +372,8 @@ def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, s
                 line.append("")
                 continue
             score = float(mine.groupby("run")["value"].mean().mean())  # datasets, then seeds
-            per_seed = [reps.subset(key, [t for t in tasks if t in set(mine["task"])])
-                        for key in keys]
+            scored = [t for t in tasks if t in set(mine["task"])]
+            per_seed = [reps.subset(key, scored) for key in keys]
             per_seed = [r for r in per_seed if r is not None]
             low, high = bootstrap.interval(np.mean(per_seed, axis=0) if per_seed else None)
             random = float(mine.groupby("run")["random"].mean().mean())  # the datasets scored

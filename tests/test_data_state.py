@@ -305,7 +305,7 @@ def test_shared_readers_under_a_memory_budget(max_bytes):
     built = []
     with data.shared_streams(max_bytes=max_bytes):
         def reader():
-            return data._stream(("key",), lambda: _CountingPipeline(built))
+            return data._stream(("key",), (), lambda: _CountingPipeline(built))
 
         first = reader()
         assert [int(next(first)["x"][0]) for _ in range(4)] == [0, 1, 2, 3]

@@ -156,8 +156,8 @@ def pretraining_batches(spec: DataSpec, global_batch_size: int, *, start_step: i
     """
     _check_stream(global_batch_size, num_hosts, start_step)
     key = ("pretraining", dataclasses.astuple(spec), global_batch_size, split, host_index,
-           num_hosts, _files_signature(spec.source), _files_signature(spec.vocabulary))
-    return _stream(key, lambda: Batches(functools.partial(
+           num_hosts)
+    return _stream(key, (spec.source, spec.vocabulary), lambda: Batches(functools.partial(
         build_dataset, spec, batch_size=global_batch_size // num_hosts, split=split,
         shard_index=host_index, num_shards=num_hosts))).skip(start_step)
 
@@ -225,9 +225,8 @@ def mtf_batches(architecture: str, source: str, vocabulary: str, global_batch_si
         return Batches(build)
 
     key = ("mtf", architecture, source, vocabulary, global_batch_size, inputs_length,
-           targets_length, seed, pack, host_index, num_hosts, _files_signature(source),
-           _files_signature(vocabulary))
-    return _stream(key, make).skip(start_step)
+           targets_length, seed, pack, host_index, num_hosts)
+    return _stream(key, (source, vocabulary), make).skip(start_step)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -399,11 +398,13 @@ def shared_streams(max_bytes: int = 1 << 30) -> Iterator[None]:
         registry.close()
 
 
-def _stream(key: tuple, make: Callable[[], Batches]) -> Any:
+def _stream(key: tuple, files: Iterable[str], make: Callable[[], Batches]) -> Any:
     """A new reader of the stream ``key`` at its first batch: a ``Batches`` of its own (``make()``),
-    or, inside ``shared_streams``, a ``_SharedReader``."""
+    or, inside ``shared_streams``, a ``_SharedReader``; there the signatures of the local ``files``
+    it reads (source, vocabulary) join the key."""
     if _SHARED is None:
         return make()
+    key = (*key, *(_files_signature(path) for path in files))
     return _SharedReader(_SHARED.recording(key, make), make)
 
 
@@ -415,8 +416,8 @@ def _files_signature(path: str) -> Optional[tuple]:
         return None
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
-    return tuple((os.path.relpath(f, path), os.stat(f).st_size, os.stat(f).st_mtime_ns)
-                 for f in files)
+    stats = [(os.path.relpath(f, path), os.stat(f)) for f in files]
+    return tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
 
 
 class _Recording:
