@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from harness.grid import plan as plan_lib
 from harness.grid.plan import make_plan
 from harness.grid.spec import load_grid
 from harness.train import config as config_lib
@@ -191,6 +192,28 @@ def test_a_replicate_changes_every_training_seed_and_nothing_else(tmp_path):
     with pytest.raises(ValueError) as excinfo:
         load_grid(path, seed=-1)
     assert_one_line_error(excinfo, "--seed -1")
+
+
+def test_adaptations_read_the_corpus_in_an_order_of_their_own(tmp_path):
+    # A continued run on its pretraining's seed would repeat its first batches exactly, and an
+    # adaptation would re-read from the first batch what its upstream trained on.
+    cells = ('  - "cd_flm > cd_flm:14+carry > cd_mtf"\n'
+             '  - "cd_flm > nd_mlm:14+carry > nd_mtf"\n')
+    text = RUNNABLE.replace('  - chain: "{pair} > {arch}_mtf"\n    for: {pair: all}\n', cells)
+    offset = plan_lib.ADAPT_DATA_SEED_OFFSET
+    for seed in (0, 1):
+        plan = make_plan(load_grid(_grid(tmp_path, text), seed=seed), runs="/r")
+        data_seed = {n: s.config.data.seed for n, s in plan.stages.items() if s.kind == "train"}
+        assert data_seed == {"cd_flm": seed,
+                             "cd_flm_10-cd_flm_14": seed + offset,
+                             "cd_flm_10-nd_mlm_14": seed + offset,
+                             "cd_flm_10-cd_flm_14-cd_mtf_19": seed,  # every MTF: the same mixture
+                             "cd_flm_10-nd_mlm_14-nd_mtf_19": seed}
+    # A grid file that sets the adaptations' seed decides.
+    path = _grid(tmp_path, text + "adapt: {set: {data.seed: 7}}\n")
+    plan = make_plan(load_grid(path), runs="/r")
+    assert plan.stages["cd_flm_10-cd_flm_14"].config.data.seed == 7
+    assert plan.stages["cd_flm"].config.data.seed == 0
 
 
 def test_planning_imports_no_jax():

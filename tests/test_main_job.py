@@ -55,7 +55,8 @@ def test_reduced_tiny_grid_runs_end_to_end_and_reports(tmp_path):
     (line,) = (grid / "timing.jsonl").read_text().splitlines()
     timing = json.loads(line)
     assert {"training", "evaluation (eai)", "evaluation (t0)", "report",
-            "start-up (imports)", "world (generate once)"} <= set(timing["seconds"])
+            "start-up (imports)", "world (generate once)",
+            "input pipelines (closing)"} <= set(timing["seconds"])
     assert timing["compile_seconds"]["training"] > 0
     assert "where the time went" in out
 

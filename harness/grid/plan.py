@@ -51,6 +51,15 @@ NOT_IN_IDENTITY: Mapping[str, str] = {
 }
 SHORT_ID = 8
 
+# An adaptation stage (LM-A, NC-A, continued pretraining) reads the corpus in an order of its own:
+# its data.seed is the pretraining's plus this. With the pretraining's own seed it would read the
+# stream its upstream already trained on from the first batch again, and a continued run would
+# repeat its first batches exactly instead of training on more text. A new shuffle of the corpus is
+# what restarting a t5x/seqio job from a checkpoint without its dataset state reads. No replicate's
+# pretraining uses these seeds (replicates are numbered 0, 1, 2, ...). A grid file that sets
+# ``adapt.set: {data.seed: ...}`` decides instead.
+ADAPT_DATA_SEED_OFFSET = 1_000_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -268,6 +277,9 @@ def _stage(grid: GridSpec, root: pathlib.Path, node: Mapping[str, Any],
     else:
         overrides.update(grid.mtf_set)
     overrides.update(grid.pair_sets.get(f"{link.architecture}_{link.objective}", {}))
+    if link.kind == "adapt" and "data.seed" not in grid.adapt_set:
+        overrides["data.seed"] = (overrides.get("data.seed", config_lib.DataConfig.seed)
+                                  + ADAPT_DATA_SEED_OFFSET)
     upstream_step = None if upstream is None else node["at"] - upstream.global_start
     overrides.update({
         "name": node["name"], "model.architecture": link.architecture,

@@ -111,8 +111,11 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
     try:
         # The stages that read one stream (every MTF of an architecture, adaptations of a
         # pretraining objective) build its pipeline once: harness/train/data.py.
-        with shared_streams():
+        with shared_streams() as close_streams:
             _run_stages(plan, todo, summary, ledger, retry_failed, report)
+            if todo:  # TensorFlow stops the kept pipelines' threads: part of the time to account
+                with ledger.phase("input pipelines (closing)"):
+                    close_streams()
     finally:
         ledger.stop_listening()
     report(f"{plan.grid.name}: {len(todo)} stages considered in "

@@ -14,7 +14,9 @@ A grid file names the models, the budgets and the stage recipes once, and lists 
     pretrain:
       steps: 131072
       pairs: [cd_flm, cd_mlm, nd_plm, nd_mlm, ed_plm, ed_mlm]
-    adapt: {set: {...}}                # adaptation stages (LM-A, NC-A, continued pretraining)
+    adapt: {set: {...}}                # adaptation stages (LM-A, NC-A, continued pretraining);
+                                       # they read the corpus in a new order (plan.py's
+                                       # ADAPT_DATA_SEED_OFFSET) unless this sets data.seed
     mtf: {steps: 10000, set: {data.objective: mtf, optim.schedule: constant, ...}}
     eval: {suites: [eai, t0]}
     cells:

@@ -360,7 +360,7 @@ def _close_open_batches() -> None:
 # -------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def shared_streams(max_bytes: int = 1 << 30) -> Iterator[None]:
+def shared_streams(max_bytes: int = 1 << 30) -> Iterator[Callable[[], None]]:
     """While active, the stages of this process that read the same stream share one pipeline.
 
     A grid runs its stages one after another in one process (``harness/grid/runner.py``), and many
@@ -381,6 +381,10 @@ def shared_streams(max_bytes: int = 1 << 30) -> Iterator[None]:
     position, and reads from that one from then on. Restoring a state (a resumed stage) always
     restores into a new pipeline of the stage's own.
 
+    Yields ``close``: call it to drop the kept pipelines and batches before the block ends (a grid
+    times it); the block's end does it otherwise. Nested inside another ``shared_streams``, the
+    outer one serves, and ``close`` does nothing.
+
     Args:
       max_bytes: the memory that kept batches may take, all streams together. A stream whose next
         batch would pass it keeps what it has; a stage that needs a batch no longer held builds its
@@ -388,11 +392,11 @@ def shared_streams(max_bytes: int = 1 << 30) -> Iterator[None]:
     """
     global _SHARED
     if _SHARED is not None:  # nested: the outer registry serves
-        yield
+        yield lambda: None
         return
     _SHARED = _SharedStreams(max_bytes)
     try:
-        yield
+        yield _SHARED.close
     finally:
         registry, _SHARED = _SHARED, None
         registry.close()
@@ -461,9 +465,11 @@ class _SharedStreams:
         return True
 
     def close(self) -> None:
+        """Closes the kept pipelines (their threads stop) and drops the kept batches; idempotent."""
         for recording in self.recordings.values():
             recording.pipeline.close()
         self.recordings.clear()
+        self.nbytes = 0
 
 
 class _SharedReader:
