@@ -57,3 +57,17 @@ def test_the_ledger_counts_compiles_inside_their_phase():
     table = ledger.breakdown(total=ledger.seconds["training"] + ledger.seconds["evaluation"] + 5)
     assert table.splitlines()[1].startswith("training") and "other" in table
     assert timing.format_seconds(3725) == "1:02:05" and timing.format_seconds(75) == "1:15"
+
+
+def test_the_breakdown_keeps_its_columns_for_long_phase_names():
+    ledger = timing.Ledger()
+    for name, seconds in (("training", 100.0), ("training", 20.0),
+                          ("input pipelines (closing)", 3.0), ("input pipelines (closing)", 1.0)):
+        ledger.add(name, seconds)
+    lines = ledger.breakdown(total=130.0).splitlines()
+    assert [line.split()[0] for line in lines] == ["where", "training", "input", "other", "total"]
+    assert "input pipelines (closing) (2) " in lines[2]  # the label, then at least one space
+    # The wall column ends at the same place on every line.
+    ends = {line.index(wall) + len(wall) for line, wall in zip(
+        lines, ("wall", "2:00", "0:04", "0:06", "2:10"))}
+    assert len(ends) == 1, lines

@@ -104,19 +104,20 @@ class Ledger:
     def breakdown(self, total: Optional[float] = None) -> str:
         """A table: each phase's wall time, share of the total and compile time inside it."""
         total = sum(self.seconds.values()) if total is None else total
-        lines = [f"{'where the time went':<28}{'wall':>9}{'share':>8}{'compiling':>11}"]
+        labels = {name: f"{name} ({self.counts[name]})" if self.counts[name] > 1 else name
+                  for name in self.seconds}
+        width = max([28, *(len(label) + 1 for label in labels.values())])
+        lines = [f"{'where the time went':<{width}}{'wall':>9}{'share':>8}{'compiling':>11}"]
         for name, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
-            count = self.counts[name]
-            label = f"{name} ({count})" if count > 1 else name
             compiling = self.compile_seconds.get(name, 0.0)
-            lines.append(f"{label:<28}{format_seconds(seconds):>9}"
+            lines.append(f"{labels[name]:<{width}}{format_seconds(seconds):>9}"
                          f"{100 * seconds / total if total else 0:>7.0f}%"
                          f"{format_seconds(compiling) if compiling else '':>11}")
         other = total - sum(self.seconds.values())
         if other > 0.5:
-            lines.append(f"{'other (planning, index)':<28}{format_seconds(other):>9}"
+            lines.append(f"{'other (planning, index)':<{width}}{format_seconds(other):>9}"
                          f"{100 * other / total:>7.0f}%")
-        lines.append(f"{'total':<28}{format_seconds(total):>9}")
+        lines.append(f"{'total':<{width}}{format_seconds(total):>9}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
