@@ -109,8 +109,8 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
     from harness.train.data import shared_streams  # no TensorFlow until a pipeline is built
 
     try:
-        # The stages that read one stream (every MTF of an architecture, adaptations of a
-        # pretraining objective) build its pipeline once: harness/train/data.py.
+        # The stages that read one stream (every MTF of an architecture, the adaptations to one
+        # objective) build its pipeline once: harness/train/data.py.
         with shared_streams() as close_streams:
             _run_stages(plan, todo, summary, ledger, retry_failed, report)
             if todo:  # TensorFlow stops the kept pipelines' threads: part of the time to account
