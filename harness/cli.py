@@ -393,13 +393,15 @@ def _run_local(args: argparse.Namespace, plan) -> int:
     ledger = timing.Ledger()
     seeds = [args.seed] if args.seeds is None else list(range(args.seeds))
     status, roots = 0, []
+    estimator = runner.new_estimator(plan)  # what replicate 0 teaches, replicate 1 starts from
     for seed in seeds:
         if seed != args.seed:
             plan = _grid_plan(args, seed)
             print(f"{plan.grid.name}: replicate seed {seed}", flush=True)
         summary = runner.run_plan(plan, args.only, retry_failed=args.retry_failed,
                                   report=lambda line: print(line, flush=True), ledger=ledger,
-                                  compilation_cache=plan.root.parent / ".jax_cache")
+                                  compilation_cache=plan.root.parent / ".jax_cache",
+                                  estimator=estimator)
         status = max(status, _finish(plan, summary))
         roots.append(plan.root)
     if args.report:

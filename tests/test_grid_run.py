@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness import cli
-from harness.grid import runner, state
+from harness.grid import runner, state, timing
 from harness.grid.plan import make_plan
 from harness.grid.spec import load_grid
 from helpers import write_corpus
@@ -118,6 +118,20 @@ def test_a_rerun_runs_nothing(finished, capsys):
     assert cli.main(["status", str(path), "--runs", str(runs)]) == 0
     print(f"status in {time.perf_counter() - start:.3f} s")
     assert "8 done" in capsys.readouterr().out
+
+
+def test_the_time_left_starts_from_the_stages_already_done(finished):
+    """A re-run after a change (or a later replicate) estimates from this machine's recorded
+    stage times, not from the grid file's prior alone."""
+    _, _, plan = finished
+    timed = {n: runner._cost(s) for n, s in plan.stages.items() if s.kind in ("train", "eval")}
+    estimator = timing.Estimator(flops_per_second=1e-3)  # a prior absurdly slow: days per stage
+    assert estimator.remaining(timed) > 1e9
+    assert runner._learn_from_done(estimator, plan, todo=[]) == len(timed)
+    recorded = sum(state.stage_status(plan.stages[n].directory).duration_s for n in timed)
+    assert estimator.remaining(timed) == pytest.approx(recorded, rel=0.5)
+    # Stages about to run teach nothing, whatever their directories hold.
+    assert runner._learn_from_done(timing.Estimator(1e-3), plan, todo=list(timed)) == 0
 
 
 def test_status_reads_the_disk_and_imports_no_jax(finished):

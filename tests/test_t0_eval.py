@@ -223,6 +223,10 @@ def test_tied_scores_predict_the_first_choice(reference):
                                          for r in renders[prompt]], (name, prompt)
             assert sum(scores["correct"]) == scores["num_correct"]
             assert len(scores["correct"]) == scores["num_scored"]
+            # Every choice's log-likelihood as scored, and the first correct choice.
+            assert scores["choice_loglikelihoods"] == [[-1.0] * len(r.choices)
+                                                       for r in renders[prompt]], (name, prompt)
+            assert scores["gold"] == [r.choices.index(r.target) for r in renders[prompt]]
         medians.append(statistics.median(expected.values()))
         assert results["datasets"][name]["median_accuracy"] == pytest.approx(medians[-1])
     assert results["aggregate"]["mean_accuracy"] == pytest.approx(statistics.fmean(medians))

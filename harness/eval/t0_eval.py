@@ -672,11 +672,13 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
     for prompt, template_name, entries, not_rendered, no_gold in plans:
         # Per example, 0/1, with the example's index in the split: what a bootstrap resamples, and
         # what pairs the same example across prompts and across checkpoints (analysis/).
-        hits = []
+        hits, loglikelihoods, gold_indices = [], [], []
         for _, first, count, golds in entries:
             choice_scores = scores[first:first + count]
             prediction = max(range(count), key=lambda i: (choice_scores[i], -i))  # ties: first
             hits.append(int(prediction in golds))
+            loglikelihoods.append([round(score, 4) for score in choice_scores])
+            gold_indices.append(min(golds))
         correct = sum(hits)
         prompts[prompt] = {
             "template": template_name,
@@ -688,6 +690,11 @@ def _evaluate_dataset(lm: Any, dataset: T0EvalDataset, examples: list[dict[str, 
             "num_no_gold": no_gold,
             "examples": [entry[0] for entry in entries],
             "correct": hits,
+            # Per example, log p(choice | input) of each answer choice in the template's order
+            # (what rank classification compared) and the first correct choice's index:
+            # analysis/choice_prior.py reads them.
+            "choice_loglikelihoods": loglikelihoods,
+            "gold": gold_indices,
         }
     accuracies = [p["accuracy"] for p in prompts.values() if p["accuracy"] is not None]
     seconds = time.perf_counter() - start_time

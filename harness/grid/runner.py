@@ -77,7 +77,8 @@ def statuses(plan: Plan, names: Optional[Iterable[str]] = None) -> dict[str, str
 def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = False,
              force: Iterable[str] = (), report: Callable[[str], None] = print,
              ledger: Optional[timing.Ledger] = None,
-             compilation_cache: Optional[str | os.PathLike] = None) -> RunSummary:
+             compilation_cache: Optional[str | os.PathLike] = None,
+             estimator: Optional[timing.Estimator] = None) -> RunSummary:
     """Runs every selected stage that is not done, upstream first; see the module docstring.
 
     Args:
@@ -91,6 +92,9 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
       ledger: adds up where the time goes (``timing.Ledger``); a new one if None.
       compilation_cache: JAX's persistent compilation cache directory for this process (the CLI
         passes ``<runs>/.jax_cache``); None leaves JAX's setting alone.
+      estimator: what the time-left estimate has learned so far (the CLI passes one to every
+        replicate it runs); a new one from the grid file's ``compute`` if None. Either way it
+        first learns from the stages of the plan already done (their recorded wall times).
     """
     names = select(plan, only)
     summary = RunSummary()
@@ -112,7 +116,7 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
         # The stages that read one stream (every MTF of an architecture, the adaptations to one
         # objective) build its pipeline once: harness/train/data.py.
         with shared_streams() as close_streams:
-            _run_stages(plan, todo, summary, ledger, retry_failed, report)
+            _run_stages(plan, todo, summary, ledger, retry_failed, report, estimator)
             if todo:  # TensorFlow stops the kept pipelines' threads: part of the time to account
                 with ledger.phase("input pipelines (closing)"):
                     close_streams()
@@ -125,13 +129,37 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
     return summary
 
 
-def _run_stages(plan: Plan, todo: list[str], summary: RunSummary, ledger: timing.Ledger,
-                retry_failed: bool, report: Callable[[str], None]) -> None:
-    """Runs ``todo`` in order, each line prefixed with the time elapsed and an estimate of the
-    time left (``timing.Estimator``, learning from the stages as they finish)."""
-    started = time.perf_counter()
+def new_estimator(plan: Plan) -> timing.Estimator:
+    """A time-left estimator whose prior is the grid file's ``compute`` (peak FLOP/s x MFU)."""
     compute = plan.grid.compute
-    estimator = timing.Estimator(flops_per_second=compute.peak_tflops * 1e12 * compute.mfu)
+    return timing.Estimator(flops_per_second=compute.peak_tflops * 1e12 * compute.mfu)
+
+
+def _learn_from_done(estimator: timing.Estimator, plan: Plan, todo: Iterable[str]) -> int:
+    """Feeds ``estimator`` the recorded wall time of every done stage of ``plan`` (an earlier
+    run of this grid, a cell re-run after a change): this machine's speed, where the grid file's
+    ``compute`` is only a prior. Returns how many stages it learned from."""
+    pending = set(todo)
+    learned = 0
+    for name, stage in plan.stages.items():
+        if name in pending or stage.kind not in ("train", "eval"):
+            continue
+        status = state.stage_status(stage.directory)
+        if status.state == "done" and status.attempts == 1 and status.duration_s:
+            kind, flops, suite = _cost(stage)
+            estimator.observe(kind, status.duration_s, flops=flops, suite=suite)
+            learned += 1
+    return learned
+
+
+def _run_stages(plan: Plan, todo: list[str], summary: RunSummary, ledger: timing.Ledger,
+                retry_failed: bool, report: Callable[[str], None],
+                estimator: Optional[timing.Estimator] = None) -> None:
+    """Runs ``todo`` in order, each line prefixed with the time elapsed and an estimate of the
+    time left (``timing.Estimator``, learning from the stages done before and as they finish)."""
+    started = time.perf_counter()
+    estimator = estimator if estimator is not None else new_estimator(plan)
+    _learn_from_done(estimator, plan, todo)
     for index, name in enumerate(todo, 1):
         stage = plan.stages[name]
         left = estimator.remaining({n: _cost(plan.stages[n]) for n in todo[index - 1:]})
