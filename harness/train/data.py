@@ -275,8 +275,8 @@ class Batches:
         # No autotuning model. Its optimisation thread ("tf_data_model") is joined when the
         # iterator is dropped, and in a long grid process that join took 6-63 s after the last
         # stage (a stack dump: the main thread in RootDataset::Iterator's destructor, waiting on
-        # that thread). Without it, AUTOTUNE prefetch falls back to its own buffer sizing and
-        # parallel maps to one call per core; on the tiny grid's streams that is faster, not
+        # that thread). Without it, AUTOTUNE prefetch and parallel maps keep tf.data's fixed
+        # defaults instead of tuned ones; on the tiny grid's streams that is faster, not
         # slower (2 cores, batches/s on -> off: cd:flm 186 -> 214, nd:mlm 132 -> 165, cd:mtf
         # 103 -> 149), for a step that takes about 7 batches/s. The elements and their order
         # do not depend on it (deterministic above).

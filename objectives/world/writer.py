@@ -56,9 +56,9 @@ class WorldSize:
     corpus_documents: int = 60_000
     mtf_examples: int = 600
     # 96 (divisible by 2, 3 and 4: every label balanced): a T0-Eval aggregate (the mean over 11
-    # datasets of the median over 4 prompts) then has a 95% half-width under 3 points in one
-    # replicate, where 60 gave 2.7-3.7 (objectives/WORLD.md); evaluation is a fifth of the
-    # tiny grid's 30 minutes.
+    # datasets of the median over 4 prompts) then has a 95% half-width of about 3 points or less
+    # in one replicate (widest measured 3.05), where 60 gave 2.7-3.7 (objectives/WORLD.md);
+    # evaluation takes about a third of the tiny grid's wall time (7:42 of 22:57, two seeds).
     eval_examples: int = 96
     vocab_pieces: int = 1024
 
