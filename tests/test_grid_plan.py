@@ -148,6 +148,8 @@ cells:
     (("mtf: {steps: 5}", "mtf: {steps: 5, set: {stage.init_from: x}}"), ["set by the grid"]),
     (("mtf: {steps: 5}", "mtf: {steps: 5}\neval: {length_buckets: 64}"), ["eval.length_buckets"]),
     (("mtf: {steps: 5}", "mtf: {steps: 5}\neval: {length_buckets: [0]}"), ["positive integer"]),
+    (("mtf: {steps: 5}", "mtf: {steps: 5}\ncompute: {eval_seconds: 0}"), ["eval_seconds=0", "> 0"]),
+    (("mtf: {steps: 5}", "mtf: {steps: 5}\ncompute: {mfu: fast}"), ["compute.mfu='fast'", "number"]),
 ])
 def test_malformed_grid_files_are_one_line(tmp_path, edit, needles):
     path = _grid(tmp_path, GOOD.replace(*edit))

@@ -130,9 +130,11 @@ def run_plan(plan: Plan, only: Optional[str] = None, *, retry_failed: bool = Fal
 
 
 def new_estimator(plan: Plan) -> timing.Estimator:
-    """A time-left estimator whose prior is the grid file's ``compute`` (peak FLOP/s x MFU)."""
+    """A time-left estimator whose prior is the grid file's ``compute`` (peak FLOP/s x MFU for
+    training, ``eval_seconds`` per evaluation stage)."""
     compute = plan.grid.compute
-    return timing.Estimator(flops_per_second=compute.peak_tflops * 1e12 * compute.mfu)
+    return timing.Estimator(flops_per_second=compute.peak_tflops * 1e12 * compute.mfu,
+                            eval_seconds=compute.eval_seconds)
 
 
 def _learn_from_done(estimator: timing.Estimator, plan: Plan, todo: Iterable[str]) -> int:

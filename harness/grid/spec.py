@@ -110,11 +110,13 @@ class EvalSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Compute:
-    """How the plan turns FLOPs into accelerator-hours: ``flops / (mfu * peak)``."""
+    """How the plan turns FLOPs into accelerator-hours: ``flops / (mfu * peak)``; with
+    ``eval_seconds``, the prior of the time-left estimate before any stage has run here."""
 
     accelerator: str = "accelerator"
     peak_tflops: float = 275.0     # TPUv4, bf16 (the study's chips, PAPER.md 2.1)
     mfu: float = 0.4
+    eval_seconds: float = 30.0     # one evaluation stage (one suite on one checkpoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,10 +308,15 @@ def _parse(path: pathlib.Path, document: Mapping[str, Any]) -> GridSpec:
         length_buckets=None if buckets is None else tuple(
             _count("eval.length_buckets", length) for length in buckets))
     compute_doc = _mapping(document, "compute", {})
-    _only(compute_doc, "compute", ("accelerator", "peak_tflops", "mfu"))
+    _only(compute_doc, "compute", ("accelerator", "peak_tflops", "mfu", "eval_seconds"))
     compute = Compute(**compute_doc)
-    if not 0 < compute.mfu <= 1 or not compute.peak_tflops > 0:
-        raise ValueError(f"compute: mfu={compute.mfu} must be in (0, 1] and peak_tflops > 0")
+    for field in ("peak_tflops", "mfu", "eval_seconds"):
+        value = getattr(compute, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"compute.{field}={value!r}: must be a number")
+    if not 0 < compute.mfu <= 1 or not compute.peak_tflops > 0 or not compute.eval_seconds > 0:
+        raise ValueError(f"compute: mfu={compute.mfu} must be in (0, 1], peak_tflops="
+                         f"{compute.peak_tflops} and eval_seconds={compute.eval_seconds} > 0")
 
     baselines = _mapping(document, "baselines", {})
     for baseline, values in baselines.items():
