@@ -40,11 +40,16 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Array,
     """
     logits = logits.astype(jnp.float32)
     weights = weights.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
+    # logsumexp as jax.nn.logsumexp computes it, with its maximum kept for the accuracy: a target
+    # whose logit is the maximum is the argmax (up to exact ties, where argmax would take the first
+    # of them). A variadic argmax reduction over the vocabulary took 172 ms of a 2.9 s small-preset
+    # step on a 2-core CPU (jax.profiler), for a metric.
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+    log_z = jnp.log(jnp.sum(jnp.exp(logits - peak[..., None]), axis=-1)) + peak
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     token_z_loss = z_loss * jnp.square(log_z)
     token_loss = log_z - target_logits + token_z_loss
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = (target_logits >= peak).astype(jnp.float32)
     return LossTerms(loss=jnp.sum(token_loss * weights), z_loss=jnp.sum(token_z_loss * weights),
                      weight=jnp.sum(weights), correct=jnp.sum(correct * weights))
 

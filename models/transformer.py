@@ -42,7 +42,7 @@ from flax import linen as nn
 from models import masks
 from models import sharding as shd
 from models.config import ModelConfig
-from models.layers import Embed, KVCache, Stack, _param, relative_position_buckets
+from models.layers import Embed, KVCache, Stack, _param, einsum, relative_position_buckets
 
 Array = jax.Array
 Cache = dict[str, KVCache]  # {"self": {...}, "cross": {...}} with a leading layers axis
@@ -250,8 +250,7 @@ class LogitsDense(nn.Module):
                         nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
                         (cfg.d_model, cfg.vocab_size), (shd.EMBED, shd.VOCAB),
                         jnp.dtype(cfg.param_dtype))
-        return jnp.einsum("bld,dv->blv", y, kernel.astype(cfg.dtype),
-                          preferred_element_type=jnp.float32)
+        return einsum("bld,dv->blv", y, kernel.astype(cfg.dtype), jnp.float32)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the loss / scoring functions against hand-computed references."""
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import pytest
 from flax import traverse_util
 
 from helpers import decoder_batch, random_tokens, tiny_config
-from models import losses
+from models import layers, losses
 from models.config import preset
 from models.layers import relative_position_buckets
 from models.transformer import Transformer, abstract_params, count_params, init_params
@@ -292,6 +293,130 @@ def test_cross_entropy_with_z_loss_matches_a_hand_computed_reference():
     np.testing.assert_allclose(terms.loss, loss, rtol=1e-5)
     np.testing.assert_allclose(terms.z_loss, z, rtol=1e-5)
     assert terms.weight == weights.sum()
+
+
+def test_cross_entropy_accuracy_counts_weighted_argmax_hits_and_gradient_is_softmax():
+    rng = np.random.default_rng(18)
+    logits = rng.normal(size=(3, 6, 13)).astype(np.float32) * 2
+    targets = rng.integers(0, 13, size=(3, 6))
+    hits = rng.random((3, 6)) < 0.5
+    targets[hits] = np.argmax(logits, axis=-1)[hits]  # about half the tokens are argmax hits
+    weights = rng.integers(0, 3, size=(3, 6)).astype(np.float32)
+
+    def loss(x):
+        return losses.cross_entropy_with_z_loss(x, jnp.asarray(targets), jnp.asarray(weights),
+                                                z_loss=1e-4)
+
+    terms = loss(jnp.asarray(logits))
+    assert float(terms.correct) == float(np.sum(weights * (np.argmax(logits, -1) == targets)))
+    # d/dlogits of w (log Z - logit_t + z log(Z)^2) = w (softmax (1 + 2 z log Z) - onehot(t)).
+    log_z = np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    expected = weights[..., None] * (np.exp(logits - log_z) * (1 + 2e-4 * log_z)
+                                     - np.eye(13)[targets])
+    grad = jax.grad(lambda x: loss(x).loss)(jnp.asarray(logits))
+    np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
+# Every einsum the model runs (models/layers.py, models/transformer.py), with small operands.
+MODEL_EINSUMS = [
+    ("bld,dhk->blhk", (2, 5, 8), (8, 2, 4)),       # query, key, value projections
+    ("bqhk,bshk->bhqs", (2, 5, 2, 4), (2, 6, 2, 4)),  # attention logits
+    ("bhqs,bshk->bqhk", (2, 2, 5, 6), (2, 6, 2, 4)),  # attention context
+    ("bqhk,hkd->bqd", (2, 5, 2, 4), (2, 4, 8)),     # attention output
+    ("bld,df->blf", (2, 5, 8), (8, 16)),            # MLP in
+    ("blf,fd->bld", (2, 5, 16), (16, 8)),           # MLP out
+    ("bld,vd->blv", (2, 5, 8), (11, 8)),            # tied head
+    ("bld,dv->blv", (2, 5, 8), (8, 11)),            # untied head
+]
+
+
+def _einsum_value_and_grads(spec, x, y, out_dtype, cotangent):
+    value, vjp = jax.vjp(lambda a, b: layers.einsum(spec, a, b, out_dtype), x, y)
+    return (value, *vjp(cotangent))
+
+
+@pytest.mark.parametrize("spec,x_shape,y_shape", MODEL_EINSUMS)
+def test_einsum_in_float32_is_the_plain_einsum_with_its_plain_gradient(spec, x_shape, y_shape):
+    rng = np.random.default_rng(19)
+    x, y = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in (x_shape, y_shape))
+    value, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), x, y)
+    cotangent = jnp.asarray(rng.normal(size=value.shape), jnp.float32)
+    ours = jax.jit(_einsum_value_and_grads, static_argnums=(0, 3))(spec, x, y, jnp.float32,
+                                                                  cotangent)
+    for got, want in zip(ours, (value, *vjp(cotangent))):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("spec,x_shape,y_shape", MODEL_EINSUMS)
+def test_einsum_in_bfloat16_accumulates_in_float32_and_rounds_the_cotangent(spec, x_shape, y_shape,
+                                                                           out_dtype):
+    """bfloat16 operands: the result is the float64 product rounded once to ``out_dtype``; the
+    gradients are the float64 products with the cotangent rounded to bfloat16 (t5x's), in
+    bfloat16. On CPU this also runs every transposed form XLA:CPU's bfloat16 GEMM must take (a
+    form it left to its fallback dot failed to run: models/layers.py ``_lhs_contracted_last``)."""
+    rng = np.random.default_rng(20)
+    x, y = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16) for shape in (x_shape, y_shape))
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    value = np.einsum(spec, x64, y64)
+    cotangent = jnp.asarray(rng.normal(size=value.shape), out_dtype)
+    g64 = np.asarray(jnp.asarray(cotangent, jnp.bfloat16), np.float64)
+    inputs, output = spec.split("->")
+    x_spec, y_spec = inputs.split(",")
+    expected = (value, np.einsum(f"{output},{y_spec}->{x_spec}", g64, y64),
+                np.einsum(f"{output},{x_spec}->{y_spec}", g64, x64))
+    ours = jax.jit(_einsum_value_and_grads, static_argnums=(0, 3))(spec, x, y, jnp.dtype(out_dtype),
+                                                                  cotangent)
+    for got, want, dtype in zip(ours, expected, (out_dtype, "bfloat16", "bfloat16")):
+        assert got.dtype == jnp.dtype(dtype)
+        # One rounding to bfloat16 (8 bits): within 2^-8 of the largest entry.
+        np.testing.assert_allclose(np.asarray(got, np.float64), want,
+                                   atol=np.abs(want).max() * 2.0 ** -8)
+
+
+def test_einsum_rejects_a_spec_whose_gradient_it_cannot_write_before_running():
+    x = jnp.ones((2, 3), jnp.float32)
+    with pytest.raises(ValueError, match="indices must be distinct"):
+        layers.einsum("ij,jk->k", x, jnp.ones((3, 4)), jnp.float32)
+
+
+def _dot_operand_dtypes(hlo: str) -> list[tuple[str, str, str]]:
+    """(lhs dtype, rhs dtype, result shape) of every dot in an HLO module's text, except the
+    float32 sums over leading axes (models/layers.py ``_sum_leading``: results ``[1, n]``)."""
+    found = []
+    for computation in hlo.split("\n\n"):
+        dtypes = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", computation))
+        for line in computation.splitlines():
+            match = re.search(r"= \w+(\[[\d,]*\])\S* dot\(%([\w.\-]+), %([\w.\-]+)\)", line)
+            if match and not match[1].startswith("[1,"):
+                found.append((dtypes.get(match[2]), dtypes.get(match[3]), match[1]))
+    return found
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dot lowering")
+@pytest.mark.parametrize("arch", ["cd", "ed"])
+def test_bfloat16_training_step_runs_every_matmul_on_bfloat16_operands(arch):
+    """What the einsum helper is for: no matmul of a bfloat16 model's gradient step is left to
+    XLA:CPU's float32 dot (half the speed of its bfloat16 GEMM)."""
+    cfg = preset("tiny", arch)  # bfloat16 compute
+    rng = np.random.default_rng(21)
+    batch = decoder_batch(random_tokens(rng, (2, 12)))
+    if arch == "ed":
+        batch["encoder_input_tokens"] = random_tokens(rng, (2, 8))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    model, params = Transformer(cfg), init_params(cfg, jax.random.key(0))
+
+    def loss(p):
+        return losses.cross_entropy_with_z_loss(model.apply({"params": p}, batch),
+                                                batch["decoder_target_tokens"],
+                                                batch["decoder_loss_weights"]).loss
+
+    with jax.default_matmul_precision("default"):  # the suite's "highest" is a test setting
+        hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    dots = _dot_operand_dtypes(hlo)
+    assert len(dots) >= 20  # forward and backward of every projection, attention and the head
+    assert [d for d in dots if d[:2] != ("bf16", "bf16")] == []
 
 
 def test_score_targets_sums_log_probs_of_weighted_tokens():

@@ -28,7 +28,11 @@ What the two compute (PERF.md "Benchmark protocol"; the differences are listed; 
   reference leaves the gradients of the position bias and the norm scales (sums over the batch and
   length axes) to autodiff, i.e. to XLA:CPU's slow leading-axis reduce; the harness computes them
   as matmuls with a vector of ones (models/layers.py), the one place where it does less work than
-  plain JAX rather than the same work.
+  plain JAX rather than the same work. And the harness writes every matmul as bfloat16 operands
+  with a float32 result (``models.layers.einsum``), forward and backward, where the reference's
+  plain ``x @ w`` has a bfloat16 result, which XLA:CPU runs as a float32 dot at about half the
+  speed of its bfloat16 GEMM: the same work on faster kernels, which plain JAX does not reach on
+  this backend without being written that way.
 
 The shapes are the tiny grid's pretraining pairs (experiments/tiny.yaml: ``mini`` preset, 16 rows,
 ``total_length`` 128; objectives/lengths.py):

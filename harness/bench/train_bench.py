@@ -17,6 +17,7 @@ corruption 512/114). It measures the model; the data pipeline is timed on its ow
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -169,16 +170,25 @@ def synthetic_batch(config: ModelConfig, batch_size: int, length: int = 626,
 
 def measure_matmul_peak(dtype: str, sizes: tuple[int, ...] = (1024, 2048, 4096),
                         repeats: int = 3) -> float:
-    """Best FLOP/s of jitted ``jnp.dot`` and numpy on square matrices of ``dtype`` (CPU peak)."""
+    """Best FLOP/s of jitted ``jnp.dot`` and numpy on square matrices of ``dtype`` (CPU peak).
+
+    Below float32 the dot is timed with a result in ``dtype`` and with a float32 result: XLA:CPU
+    runs the first as a float32 dot and only the second on its bfloat16 GEMM (0.31-0.40 against
+    0.68-0.85 TFLOP/s on 2 AVX-512 cores; models/layers.py ``einsum``), so the peak is the
+    second's, which the model's matmuls use.
+    """
     best = 0.0
-    dot = jax.jit(jnp.dot)
+    dots = [jax.jit(jnp.dot)]
+    if jnp.dtype(dtype) != jnp.float32:
+        dots.append(jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32)))
     for n in sizes:
         a = jnp.ones((n, n), dtype)
-        jax.block_until_ready(dot(a, a))
-        for _ in range(repeats):
-            start = time.perf_counter()
+        for dot in dots:
             jax.block_until_ready(dot(a, a))
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(dot(a, a))
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
         if dtype == "float32":
             x = np.ones((n, n), np.float32)
             for _ in range(repeats):
