@@ -110,8 +110,8 @@ scale_features.defvjp(_scale_features_fwd, _scale_features_bwd)
 # carry the float32 cotangent of a float32 result (the output and attention logits) into float32
 # backward matmuls. ``einsum`` asks for the float32 result on CPU and casts it to ``out_dtype``; its
 # backward rounds the cotangent to the operands' dtype, as t5x's bfloat16 logits have it, and runs
-# the two gradient products the same way. The small preset's training step: 1.68x faster (CD, ND,
-# ED alike; archobj bench train). On other backends a bfloat16 result is the dot's own output (a
+# the two gradient products the same way. The small preset's training step: 1.58-1.66x faster
+# (archobj bench train, README "Performance"). On other backends a bfloat16 result is the dot's own output (a
 # GPU's GEMMs take it natively); float32 operands give the plain einsum and its plain gradient.
 # -------------------------------------------------------------------------------------------------
 

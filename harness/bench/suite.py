@@ -234,7 +234,8 @@ def _md_train(result: Mapping[str, Any]) -> list[str]:
                   f"{min(peaks) / 1e12:.3f}-{max(peaks) / 1e12:.3f}")
         lines += ["", f"MFU is against the CPU peak measured beside each row in the same process "
                       f"(best of jitted `jnp.dot` and numpy on 1024-4096 square matrices, the "
-                      f"model's dtype): {spread} TFLOP/s."]
+                      f"model's dtype; below float32 with a float32 result too, the form XLA:CPU "
+                      f"runs on its bfloat16 GEMM): {spread} TFLOP/s."]
     if not gpu_peaks:
         lines += ["", f"GPU, ~1B decoder in bf16 (target MFU >= {TARGETS['gpu_mfu_1b']:.0%}): "
                       f"{result.get('gpu') or 'not measured in this run (no accelerator)'}."]

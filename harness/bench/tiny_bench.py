@@ -54,7 +54,9 @@ intervals of ``steps`` steps closed by ``jax.block_until_ready``, harness and re
 Measured on the 2-core CPU (shared, ~2x noise; ``archobj bench tiny --repeats 9``),
 harness / hand-written tokens/s: before the ``mini`` preset unrolled its layers and the shared
 parameters' gradients became matmuls (models/layers.py), cd 0.73, nd 0.77, ed 0.75, ed_plm 0.87;
-after, cd 1.10, nd 1.10, ed 1.03, ed_plm 1.03.
+after, cd 1.10, nd 1.10, ed 1.03, ed_plm 1.03. With every matmul of the harness on the bfloat16
+GEMM (c2e8e29; the reference's plain ``@`` is not, see the differences above): cd 1.57, nd 1.57,
+ed 1.47, ed_plm 1.50 (``archobj bench tiny``, bench/results.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@
    the median interval / steps.
 4. Report tokens/s, model TFLOP/s from the analytic count (models/flops.py), MFU against a peak that
    is *measured* on CPU (best of jitted ``jnp.dot`` and numpy on square matrices, same dtype, right
-   before and after the timed steps) or taken from ``--peak-tflops`` on an accelerator.
+   before and after the timed steps; below float32 the dot with a float32 result counts too, the
+   form XLA:CPU runs on its bfloat16 GEMM: ``measure_matmul_peak``) or taken from
+   ``--peak-tflops`` on an accelerator.
 
 The step is the training loop's own ``harness.train.steps.make_train_step`` with the study's Adafactor
 (forward, backward, z-loss, update) on a synthetic batch shaped like the study's objective for the
