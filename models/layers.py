@@ -186,6 +186,29 @@ def _einsum_bwd(spec: str, out_dtype: Any, residuals: tuple[Array, Array],
 einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax_as(x: Array, dtype: Any) -> Array:
+    """``jax.nn.softmax(x, axis=-1)`` in float32, returned as ``dtype``, with the textbook gradient
+    ``p * (g - sum(g * p))`` from the saved float32 probabilities. Autodiff of jax.nn.softmax goes
+    through its ``exp / sum`` and read two [b, h, q, k] float32 residuals per layer in a pass that
+    took 370 ms of the small preset's 1.8 s CD step on 2 CPU cores (jax.profiler)."""
+    return jax.nn.softmax(x.astype(jnp.float32), axis=-1).astype(dtype)
+
+
+def _softmax_as_fwd(x: Array, dtype: Any) -> tuple[Array, tuple[Array, Array]]:
+    probs = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
+    return probs.astype(dtype), (probs, jnp.zeros((0,), x.dtype))  # the second: x's dtype
+
+
+def _softmax_as_bwd(dtype: Any, residuals: tuple[Array, Array], grad: Array) -> tuple[Array]:
+    probs, x_dtype = residuals
+    grad = grad.astype(jnp.float32)
+    return ((probs * (grad - jnp.sum(grad * probs, axis=-1, keepdims=True))).astype(x_dtype.dtype),)
+
+
+softmax_as.defvjp(_softmax_as_fwd, _softmax_as_bwd)
+
+
 class RMSNorm(nn.Module):
     """T5 "LayerNorm": root-mean-square normalisation with a learned scale, no mean, no bias."""
 
@@ -358,7 +381,7 @@ class Attention(nn.Module):
                 is_causal=self.causal, implementation=cfg.attention_impl)
         else:
             logits = einsum("bqhk,bshk->bhqs", query, key, jnp.float32)
-            weights = jax.nn.softmax(logits + bias, axis=-1).astype(dtype)
+            weights = softmax_as(logits + bias, dtype)
             weights = _dropout(weights, cfg.dropout_rate, self.enable_dropout)
             context = einsum("bhqs,bshk->bqhk", weights, value, dtype)
         out = einsum("bqhk,hkd->bqd", context, w_out.astype(dtype), dtype)

@@ -375,6 +375,26 @@ def test_einsum_in_bfloat16_accumulates_in_float32_and_rounds_the_cotangent(spec
                                    atol=np.abs(want).max() * 2.0 ** -8)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_softmax_as_is_softmax_with_the_softmax_gradient(dtype):
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=(2, 3, 4, 7)).astype(np.float32) * 3
+    x[..., -2:] = -1e9  # masked keys, as the attention bias masks them
+    cotangent = jnp.asarray(rng.normal(size=x.shape), dtype)
+    value, vjp = jax.vjp(lambda a: layers.softmax_as(a, jnp.dtype(dtype)), jnp.asarray(x))
+    x64 = x.astype(np.float64)
+    p = np.exp(x64 - x64.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    g = np.asarray(cotangent, np.float64)
+    assert value.dtype == jnp.dtype(dtype)
+    np.testing.assert_allclose(np.asarray(value, np.float64), p,
+                               atol=1e-6 if dtype == "float32" else 2.0 ** -8)
+    (grad,) = vjp(cotangent)
+    assert grad.dtype == jnp.float32
+    np.testing.assert_allclose(grad, p * (g - (g * p).sum(-1, keepdims=True)), atol=1e-5)
+    assert np.all(np.asarray(grad)[..., -2:] == 0)
+
+
 def test_einsum_rejects_a_spec_whose_gradient_it_cannot_write_before_running():
     x = jnp.ones((2, 3), jnp.float32)
     with pytest.raises(ValueError, match="indices must be distinct"):
