@@ -190,8 +190,9 @@ einsum.defvjp(_einsum_fwd, _einsum_bwd)
 def softmax_as(x: Array, dtype: Any) -> Array:
     """``jax.nn.softmax(x, axis=-1)`` in float32, returned as ``dtype``, with the textbook gradient
     ``p * (g - sum(g * p))`` from the saved float32 probabilities. Autodiff of jax.nn.softmax goes
-    through its ``exp / sum`` and read two [b, h, q, k] float32 residuals per layer in a pass that
-    took 370 ms of the small preset's 1.8 s CD step on 2 CPU cores (jax.profiler)."""
+    through its ``exp / sum`` and read two [b, h, q, k] float32 residuals per layer; this reads the
+    probabilities once: the small preset's step 1.12x (CD), 1.17x (ND) faster on 2 CPU cores
+    (archobj bench train)."""
     return jax.nn.softmax(x.astype(jnp.float32), axis=-1).astype(dtype)
 
 
