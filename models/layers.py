@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 from flax import linen as nn
 
@@ -162,17 +163,33 @@ def _transposed_specs(spec: str) -> tuple[str, str]:
     return f"{output},{y}->{x}", f"{output},{x}->{y}"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+# The name ``remat_policy="minimal"`` saves: the result of every product without batch
+# indices (the weight matmuls), what ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``
+# saves of plain dots. That policy cannot see a dot inside a custom VJP, so it saved nothing here.
+WEIGHT_MATMUL = "weight_matmul"
+
+
 def einsum(spec: str, x: Array, y: Array, out_dtype: Any) -> Array:
     """``jnp.einsum(spec, x, y)`` for two operands of one dtype, accumulated in float32 and returned
     as ``out_dtype``; its backward matmuls take the cotangent in the operands' dtype (module note
-    above)."""
+    above). A product without batch indices (an index of both operands and the output) is named
+    ``WEIGHT_MATMUL`` for rematerialisation policies."""
     _transposed_specs(spec)  # a spec whose gradient cannot be written fails here, not in backward
+    result = _einsum(spec, x, y, out_dtype)
+    inputs, output = spec.split("->")
+    lhs, rhs = inputs.split(",")
+    if not set(lhs) & set(rhs) & set(output):
+        result = checkpoint_name(result, WEIGHT_MATMUL)
+    return result
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _einsum(spec: str, x: Array, y: Array, out_dtype: Any) -> Array:
     return _dot(spec, x, y, jnp.dtype(out_dtype))
 
 
 def _einsum_fwd(spec: str, x: Array, y: Array, out_dtype: Any) -> tuple[Array, tuple[Array, Array]]:
-    return einsum(spec, x, y, out_dtype), (x, y)
+    return _einsum(spec, x, y, out_dtype), (x, y)
 
 
 def _einsum_bwd(spec: str, out_dtype: Any, residuals: tuple[Array, Array],
@@ -183,7 +200,7 @@ def _einsum_bwd(spec: str, out_dtype: Any, residuals: tuple[Array, Array],
     return _dot(x_spec, grad, y, x.dtype), _dot(y_spec, grad, x, y.dtype)
 
 
-einsum.defvjp(_einsum_fwd, _einsum_bwd)
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -465,7 +482,7 @@ class Block(nn.Module):
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "minimal": jax.checkpoint_policies.save_only_these_names(WEIGHT_MATMUL),  # see ``einsum``
 }
 
 

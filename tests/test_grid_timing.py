@@ -71,3 +71,16 @@ def test_the_breakdown_keeps_its_columns_for_long_phase_names():
     ends = {line.index(wall) + len(wall) for line, wall in zip(
         lines, ("wall", "2:00", "0:04", "0:06", "2:10"))}
     assert len(ends) == 1, lines
+
+
+def test_compilation_cache_stays_off_on_a_multi_device_cpu(tmp_path):
+    """The suite runs on 8 CPU devices, where an executable with collectives read back from the
+    persistent cache can deadlock (``enable_compilation_cache``): the grid leaves JAX's setting
+    alone there and writes nothing to the directory it was given."""
+    import jax
+
+    assert jax.default_backend() == "cpu" and jax.device_count() > 1
+    before = jax.config.jax_compilation_cache_dir
+    assert timing.enable_compilation_cache(tmp_path / "cache") is None
+    assert jax.config.jax_compilation_cache_dir == before
+    assert not (tmp_path / "cache").exists()

@@ -8,6 +8,7 @@ compiled once per configuration (``_setup`` caches them) to keep the module fast
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -64,6 +65,26 @@ def _setup(arch: str, optimizer_name: str, normalization: str = "tokens", microb
                                        loss_normalization=normalization,
                                        num_microbatches=microbatches)
     return config, optimizer, train_step, jax.jit(train_step, compiler_options=FAST_COMPILE)
+
+
+@contextlib.contextmanager
+def _persistent_cache(enabled: bool):
+    """Programs compiled inside are written to JAX's persistent compilation cache or not.
+
+    Not for the sharded step with microbatches: XLA:CPU (jaxlib 0.10.2) compiles it and runs it
+    correctly, but the same executable read back from the cache by a later process deadlocks in
+    its collectives, so a second run of the suite in one checkout crashed its worker
+    (``harness.grid.timing.enable_compilation_cache`` keeps the cache off on multi-device CPUs).
+    The cache decides once per process whether it is used; what it skips live is the write of an
+    entry that compiled faster than ``jax_persistent_cache_min_compile_time_secs``.
+    """
+    previous = jax.config.jax_persistent_cache_min_compile_time_secs
+    if not enabled:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,7 +190,7 @@ def test_sharded_training_equals_single_device(arch, microbatches):
     mesh, params, param_shardings = _sharded_init(arch)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(sharding.DATA))
-    with sharding.mesh_context(mesh):
+    with sharding.mesh_context(mesh), _persistent_cache(microbatches == 1):
         # Boxed (logically partitioned) shapes, taken inside the mesh context, as a loop would.
         abstract = jax.eval_shape(init_fn(config), jax.random.key(0))["params"]
         shardings = state_shardings(param_shardings, optimizer, abstract, mesh)

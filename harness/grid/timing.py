@@ -31,13 +31,20 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/backend_compile_duration")
 
 
-def enable_compilation_cache(directory: str | os.PathLike) -> pathlib.Path:
+def enable_compilation_cache(directory: str | os.PathLike) -> Optional[pathlib.Path]:
     """JAX's persistent compilation cache in ``directory``, for every compile however short.
 
-    Returns the directory. Call before the first compile of the process.
+    Returns the directory, or None where the cache stays off: a CPU backend with more than one
+    device. There, XLA:CPU (jaxlib 0.10.2) runs a sharded step with microbatches correctly when it
+    compiles it, but the same executable read back from the cache by a later process deadlocks in
+    its collectives (the devices wait in different all-reduces until XLA aborts: "Termination
+    timeout ... Expected 4 threads to join the rendezvous"). Call before the first compile of the
+    process.
     """
     import jax
 
+    if jax.default_backend() == "cpu" and jax.device_count() > 1:
+        return None
     path = pathlib.Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
