@@ -195,8 +195,9 @@ def prepare(plan: Plan, ledger: timing.Ledger, report: Callable[[str], None] = p
         from harness.train.data import hide_gpus_from_tensorflow
 
         hide_gpus_from_tensorflow()  # TensorFlow itself (~10 s), which seqio imports lazily
-    if compilation_cache is not None:
-        timing.enable_compilation_cache(compilation_cache)
+    if compilation_cache is not None and timing.enable_compilation_cache(compilation_cache) is None:
+        report("persistent compilation cache off: XLA:CPU deadlocks on sharded executables read "
+               "back from it (more than one CPU device here; see timing.enable_compilation_cache)")
     ledger.listen_to_compiles()
 
 
