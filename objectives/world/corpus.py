@@ -18,15 +18,20 @@ from objectives.world.facts import (ATTRIBUTES, EVAL_FRAMES, EVAL_QUESTIONS, JOB
                                     SCRIPTS, SENSES, STATEMENT, TOOLS, TOPICS, UNDETERMINED, YES_NO,
                                     Person, World, fill)
 
-# How a verdict is said, by answer: true, false, unknown.
-_TRUE = ("Yes.", "Yes", "yes", "True.", "True", "true", "That is true.", "Correct.", "Correct",
-         "That is right.", "Right.", "Yes, that is correct.", "It is true.")
-_FALSE = ("No.", "No", "no", "False.", "False", "false", "That is false.", "Incorrect.",
-          "Incorrect", "That is wrong.", "Wrong.", "No, that is not true.", "It is not true.",
-          "That is impossible.")
-_UNKNOWN = ("Maybe.", "Maybe", "maybe", "Nobody knows.", "We cannot tell.", "It is possible.",
-            "Perhaps.", "Unknown.", "There is no way to know.", "It might be true or false.")
-VERDICTS = {"true": _TRUE, "false": _FALSE, "unknown": _UNKNOWN}
+# How a verdict is said: vocabularies of (true, false, unknown), each used for all three verdicts
+# alike, so that no answer word carries a prior of its own (world version 4). Version 3 said
+# "true" in 13 ways and "unknown" in 10 others, none of them "Inconclusive", "Neither" or
+# "Guaranteed": under the held-out prompts that answer in those words, the model put one answer on
+# almost every example (objectives/WORLD.md, "World version 4").
+_VOCABULARIES = (
+    ("Yes", "No", "Maybe"), ("True", "False", "Neither"), ("True", "False", "Inconclusive"),
+    ("Correct", "Incorrect", "Inconclusive"), ("Right", "Wrong", "Unknown"),
+    ("Always", "Never", "Sometimes"), ("Guaranteed", "Impossible", "Possible"),
+    ("That is true.", "That is false.", "Nobody knows."),
+    ("It is true.", "It is not true.", "We cannot tell."),
+)
+_INDEX = {"true": 0, "false": 1, "unknown": 2}
+VERDICTS = {verdict: tuple(v[i] for v in _VOCABULARIES) for verdict, i in _INDEX.items()}
 
 # How a claim is put up for checking: {c} the claim (no final period).
 _ASK = ("{c}. Is that true?", "Is it true that {c}?", "Claim: {c}. True or false?",
@@ -69,14 +74,24 @@ def _verdict_of(claim_text: str, verdict: str) -> str:
     return verdict
 
 
+def _say(rng: random.Random, verdict: str, vocabulary: tuple[str, str, str]) -> str:
+    """The verdict in a vocabulary: a word, with or without a period, or in lower case; a sentence
+    as it stands."""
+    word = vocabulary[_INDEX[verdict]]
+    if word.endswith("."):
+        return word
+    return rng.choice((word + ".", word, word.lower()))
+
+
 def _ask(rng: random.Random, claim: str, verdict: str) -> str:
+    vocabulary = rng.choice(_VOCABULARIES)
     question = rng.choice(_ASK).format(c=claim)
     question = question[0].upper() + question[1:]
-    return f"{question} {rng.choice(VERDICTS[verdict])}"
+    return f"{question} {_say(rng, verdict, vocabulary)}"
 
 
 def _draw_verdict(rng: random.Random) -> str:
-    return rng.choices(("true", "false", "unknown"), weights=(2, 2, 1))[0]
+    return rng.choice(("true", "false", "unknown"))
 
 
 def verify_world(rng: random.Random, world: World) -> str:
@@ -128,7 +143,7 @@ def yes_no_question(rng: random.Random, world: World) -> str:
     true = rng.random() < 0.5
     value = person.value(attribute) if true else world.other_value(rng, attribute,
                                                                     person.value(attribute))
-    answer = rng.choice(_TRUE[:3] if true else _FALSE[:3])
+    answer = _say(rng, "true" if true else "false", _VOCABULARIES[0])
     extra = "" if true or rng.random() < 0.5 else f" {fill(STATEMENT[attribute], person, person.value(attribute))}."
     return f"{fill(YES_NO[attribute], person, value)} {answer}{extra}"
 
