@@ -3,6 +3,7 @@ readers (T0-Eval, EAI-Eval through lm-eval, the multitask source, the vocabulary
 
 import collections
 import json
+import random
 import re
 
 import pytest
@@ -73,6 +74,56 @@ def test_labels_are_balanced(world_dir):
         assert len(counts) >= 2 and max(counts.values()) - min(counts.values()) <= 1, (name, counts)
     copa = _rows(world_dir / "eval" / heldout.FILES["copa"][0])
     assert collections.Counter(r["question"] for r in copa) == {"cause": 6, "effect": 6}
+
+
+def _corpus_verdicts(count=3000):
+    """(verdict, the answer as the corpus says it) of ``count`` verification documents."""
+    size = resolve_size("test")
+    world = make_world(0, size.people, size.towns)
+    forms = sorted({form for said in corpus_lib.VERDICTS.values() for form in said}, key=len,
+                   reverse=True)
+    records = []
+
+    def recording(rng, claim, verdict):
+        text = corpus_lib._ask(rng, claim, verdict)
+        said = next(f for f in forms if text.lower().rstrip(".").endswith(" " + f.lower().rstrip(".")))
+        records.append((verdict, said.rstrip(".").lower()))
+        return text
+
+    rng = random.Random(0)
+    kinds = (corpus_lib.verify_world, corpus_lib.verify_passage, corpus_lib.verify_story)
+    for k in range(count):
+        kinds[k % 3](rng, world, ask=recording)
+    return records
+
+
+def test_corpus_says_every_verdict_equally_often_and_in_the_held_out_prompts_words():
+    """World version 4: true, false and unknown are equally common, and every answer of the
+    held-out NLI prompts is a verdict the corpus says with the meaning the prompt gives it (the
+    templates list their answers in label order: ANLI entailment / neutral / contradiction, CB
+    entailment / contradiction / neutral, RTE entailment / not entailment)."""
+    from harness.eval import t0_eval
+
+    records = _corpus_verdicts()
+    counts = collections.Counter(verdict for verdict, _ in records)
+    assert set(counts) == {"true", "false", "unknown"}
+    assert max(counts.values()) / min(counts.values()) < 1.15, counts
+    meanings = collections.defaultdict(set)
+    for verdict, said in records:
+        meanings[said].add(verdict)
+    assert all(len(v) == 1 for v in meanings.values()), meanings  # no word says two verdicts
+    label_meaning = {"anli_r1": ("true", "unknown", "false"), "cb": ("true", "false", "unknown"),
+                     "rte": ("true", "false")}
+    for name, meaning in label_meaning.items():
+        for prompt, template in t0_eval.eval_templates(name):
+            choices = [c.strip() for c in template.answer_choices.split("|||")]
+            assert len(choices) == len(meaning), (name, prompt)
+            for choice, verdict in zip(choices, meaning):
+                if name == "rte" and verdict == "false":
+                    # not entailment: false or undetermined; the corpus says "No" for false
+                    assert meanings.get(choice.lower()) in ({"false"}, {"unknown"}), (prompt, choice)
+                else:
+                    assert meanings.get(choice.lower()) == {verdict}, (name, prompt, choice)
 
 
 def test_every_t0_prompt_renders_with_its_gold_among_the_choices(world_dir):

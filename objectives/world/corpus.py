@@ -83,27 +83,35 @@ def _say(rng: random.Random, verdict: str, vocabulary: tuple[str, str, str]) -> 
     return rng.choice((word + ".", word, word.lower()))
 
 
+def question(rng: random.Random, claim: str) -> str:
+    """A claim put up for checking, as the corpus asks it."""
+    text = rng.choice(_ASK).format(c=claim)
+    return text[0].upper() + text[1:]
+
+
 def _ask(rng: random.Random, claim: str, verdict: str) -> str:
     vocabulary = rng.choice(_VOCABULARIES)
-    question = rng.choice(_ASK).format(c=claim)
-    question = question[0].upper() + question[1:]
-    return f"{question} {_say(rng, verdict, vocabulary)}"
+    return f"{question(rng, claim)} {_say(rng, verdict, vocabulary)}"
+
+
+# How a verification document ends: (rng, claim, verdict) -> the question and its verdict.
+Ask = Callable[[random.Random, str, str], str]
 
 
 def _draw_verdict(rng: random.Random) -> str:
     return rng.choice(("true", "false", "unknown"))
 
 
-def verify_world(rng: random.Random, world: World) -> str:
+def verify_world(rng: random.Random, world: World, ask: Ask = _ask) -> str:
     """A claim about a fact of the world, judged from what the world says."""
     person = rng.choice(world.people)
     verdict = _draw_verdict(rng)
     attribute = rng.choice(ATTRIBUTES)
     claim = _claim(rng, world, person, attribute, verdict)
-    return _ask(rng, claim, _verdict_of(claim, verdict))
+    return ask(rng, claim, _verdict_of(claim, verdict))
 
 
-def verify_passage(rng: random.Random, world: World) -> str:
+def verify_passage(rng: random.Random, world: World, ask: Ask = _ask) -> str:
     """A passage about a person, then a claim about it, judged; sometimes the correction."""
     person = rng.choice(world.people)
     attributes = rng.sample(ATTRIBUTES, rng.randint(1, 3))
@@ -113,13 +121,13 @@ def verify_passage(rng: random.Random, world: World) -> str:
     claim = _claim(rng, world, person, attribute, verdict)
     verdict = _verdict_of(claim, verdict)
     lead = rng.choice(("", "From this: ", "So: ", "Given that: ", "Based on the text: "))
-    text = f"{passage} {lead}{_ask(rng, claim, verdict)}"
+    text = f"{passage} {lead}{ask(rng, claim, verdict)}"
     if verdict == "false" and rng.random() < 0.3:
         text += f" {fill(STATEMENT[attribute], person, person.value(attribute))}."
     return text
 
 
-def verify_story(rng: random.Random, world: World) -> str:
+def verify_story(rng: random.Random, world: World, ask: Ask = _ask) -> str:
     """A story in which an object moves, then a claim about where it is, judged."""
     story = events.make_story(rng, world, rng.randint(1, 2), rng.randint(0, 2),
                               rng.random() < 0.3)
@@ -130,7 +138,7 @@ def verify_story(rng: random.Random, world: World) -> str:
         claim = f"the {story.obj} is in the {rng.choice(story.places[:-1])}"
     else:
         claim = fill(rng.choice(UNDETERMINED), rng.choice(story.people), t=rng.choice(world.towns))
-    text = f"{story.text} {_ask(rng, claim, verdict)}"
+    text = f"{story.text} {ask(rng, claim, verdict)}"
     if verdict == "false" and rng.random() < 0.4:
         text += f" {events.state(story.obj, story.final)}"
     return text
