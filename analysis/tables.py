@@ -10,7 +10,8 @@ function of entries:
   says ``missing``;
 - ``differences``: the paper's three findings as paired bootstrap comparisons, and what
   multitask finetuning did to each pretraining;
-- ``families``: T0-Eval by held-out task family, and how many lie above chance;
+- ``families``, ``families_eai``: T0-Eval and EAI-Eval by T0's held-out task families, and how
+  many lie above chance;
 - ``per_task``, ``per_prompt``: the breakdowns; ``compute_table``: tokens, FLOPs, time, MFU.
 
 Each table's caption carries the scale its numbers were made at and what the intervals cover; the
@@ -346,26 +347,28 @@ def differences(entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str) -
                  pd.DataFrame(data))
 
 
-def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str
-             ) -> Table:
-    """T0-Eval by held-out task family (``reference.T0_FAMILIES``): per cell, each family's mean
-    over its datasets (each the median over its prompts), its interval over examples (seeds
-    pooled, as the cell's aggregate), and how many families lie above chance (the interval's lower
-    end above the family's mean chance)."""
-    chance = reference.task_random("t0")
+def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str,
+             suite: str = "t0") -> Table:
+    """A suite by T0's held-out task families (``reference.T0_FAMILIES``): per cell, each family's
+    mean over its datasets (T0-Eval: each the median over its prompts; EAI-Eval: its one prompt,
+    on the family's datasets that EAI-Eval holds, all but StoryCloze), its interval over examples
+    (seeds pooled, as the cell's aggregate), and how many families lie above chance (the interval's
+    lower end above the family's mean chance)."""
+    chance = reference.task_random(suite)
     scores = aggregate.task_scores(data.frame)
-    scores = scores[(scores["scale"] == scale) & (scores["suite"] == "t0")]
-    randoms = {f: float(np.mean([chance[t] for t in tasks]))
+    scores = scores[(scores["scale"] == scale) & (scores["suite"] == suite)]
+    members = {f: tuple(t for t in tasks if t in chance)
                for f, tasks in reference.T0_FAMILIES.items()}
-    columns = ["cell", *(f"{f} (random {_pct(randoms[f])})" for f in reference.T0_FAMILIES),
+    randoms = {f: float(np.mean([chance[t] for t in tasks])) for f, tasks in members.items()}
+    columns = ["cell", *(f"{f} (random {_pct(randoms[f])})" for f in members),
                "families above chance"]
     rows, data_rows = [], []
-    done = entries[(entries["scale"] == scale) & (entries["suite"] == "t0") &
+    done = entries[(entries["scale"] == scale) & (entries["suite"] == suite) &
                    (entries["status"] == "done")]
     for entry in done.to_dict("records"):
         keys = entry_keys(entry)
         line, above = [entry["cell"]], 0
-        for family, tasks in reference.T0_FAMILIES.items():
+        for family, tasks in members.items():
             mine = scores[scores["run"].isin([k[0] for k in keys]) &
                           (scores["cell"] == entry["cell"]) & scores["task"].isin(tasks)]
             if mine.empty:
@@ -384,11 +387,14 @@ def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, s
             data_rows.append({"cell": entry["cell"], "family": family, "score": score,
                               "low": low, "high": high, "random": random,
                               "datasets": int(mine["task"].nunique()), "verdict": verdict})
-        rows.append([*line, f"{above} of {len(reference.T0_FAMILIES)}"])
-    return Table("families", f"T0-Eval by held-out task family, ours at {scale}",
+        rows.append([*line, f"{above} of {len(members)}"])
+    per_dataset = ("the median over prompts" if suite == "t0" else
+                   "its one prompt (EAI-Eval holds every dataset of the families but StoryCloze)")
+    return Table("families" if suite == "t0" else f"families_{suite}",
+                 f"{reference.SUITE_TITLES[suite]} by held-out task family, ours at {scale}",
                  caption(scale, reps.replicates, "A family's score is the mean over its datasets "
-                         "of the median over prompts; ↑ / ↓: its interval lies above / below the "
-                         "mean chance of its datasets."), columns, rows, pd.DataFrame(data_rows))
+                         f"of {per_dataset}; ↑ / ↓: its interval lies above / below the mean "
+                         "chance of its datasets."), columns, rows, pd.DataFrame(data_rows))
 
 
 def per_task(data: RunData, reps: bootstrap.Replicates, scale: str) -> Table:
@@ -453,7 +459,7 @@ def compute_table(data: RunData, scale: str) -> Table:
 
 def all_tables(data: RunData, reps: bootstrap.Replicates,
                entries: Optional[pd.DataFrame] = None) -> dict[str, list[Table]]:
-    """scale -> its tables: Tables 3, 6, 7, 8, the findings, the T0-Eval families, per task,
+    """scale -> its tables: Tables 3, 6, 7, 8, the findings, the families on each suite, per task,
     per prompt, compute."""
     entries = summarize(data, reps) if entries is None else entries
     scales = list(dict.fromkeys(data.runs["scale"])) if not data.runs.empty else []
@@ -461,7 +467,7 @@ def all_tables(data: RunData, reps: bootstrap.Replicates,
     for scale in scales:
         tables = [paper_table(name, entries, scale, reps.replicates) for name in PAPER_TABLES]
         tables += [differences(entries, reps, scale), families(data, entries, reps, scale),
-                   per_task(data, reps, scale),
+                   families(data, entries, reps, scale, "eai"), per_task(data, reps, scale),
                    per_prompt(data, scale), compute_table(data, scale)]
         out[scale] = tables
     return out

@@ -221,6 +221,36 @@ def test_t0_families_count_those_whose_interval_clears_their_chance():
     assert nli["score"] == pytest.approx(pooled) and nli["low"] < pooled < nli["high"]
 
 
+def test_eai_families_use_the_datasets_eai_eval_holds():
+    """EAI-Eval by the same families: one prompt per dataset, StoryCloze absent from the suite, so
+    sentence completion's chance is COPA's and HellaSwag's mean; tasks outside the families (SciQ)
+    count for none."""
+    rng = np.random.default_rng(1)
+    rows, examples = [], {}
+    chance = reference.task_random("eai")
+    for task, accuracy in (("copa", 0.9), ("hellaswag", 0.9), ("winogrande", 0.5),
+                           ("sciq", 0.95)):
+        values = (rng.random(300) < accuracy).astype(float)
+        rows.append({"run": "s0", "cell": "c", "suite": "eai", "task": task, "prompt": "",
+                     "value": values.mean(), "random": chance[task], "n": 300, "group": "c",
+                     "seed": 0})
+        examples[("s0", "c", "eai", task, "")] = (np.arange(300), values)
+    data = RunData(_frame(rows), pd.DataFrame(), examples, pd.DataFrame(), pd.DataFrame(),
+                   pd.DataFrame())
+    reps = bootstrap.bootstrap(data, replicates=300, seed=0)
+    entries = pd.DataFrame([{"scale": "s", "suite": "eai", "status": "done", "cell": "c",
+                             "group_key": "s0|c|eai"}])
+    table = tables.families(data, entries, reps, "s", "eai")
+    assert table.name == "families_eai" and table.title.startswith("EAI-Eval by held-out")
+    frame = table.data.set_index("family")
+    assert frame["verdict"].to_dict() == {"Sentence completion": "above",
+                                          "Coreference": "at chance"}
+    assert frame.loc["Sentence completion", "random"] == pytest.approx(
+        (chance["copa"] + chance["hellaswag"]) / 2)
+    assert table.rows[0][-1] == "1 of 4"
+    assert "StoryCloze" in table.caption
+
+
 def test_paired_bootstrap_detects_a_planted_difference_and_not_a_null_one():
     rng = np.random.default_rng(0)
     trials, n, false_alarms, found = 200, 300, 0, 0
