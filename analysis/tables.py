@@ -9,7 +9,8 @@ function of entries:
   order (from ``paper_numbers.csv``), ours beside the paper's for each suite; a row the grid lacks
   says ``missing``;
 - ``differences``: the paper's three findings as paired bootstrap comparisons, and what
-  multitask finetuning did to each pretraining;
+  multitask finetuning did to each pretraining; ``findings_summary``: one line per finding and
+  suite (holds, reversed, unresolved...);
 - ``families``, ``families_eai``: T0-Eval and EAI-Eval by T0's held-out task families, and how
   many lie above chance;
 - ``per_task``, ``per_prompt``: the breakdowns; ``compute_table``: tokens, FLOPs, time, MFU.
@@ -347,6 +348,53 @@ def differences(entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str) -
                  pd.DataFrame(data))
 
 
+def findings_summary(differences_table: Table, scale: str, replicates: int) -> Table:
+    """One line per (finding, suite) of ``differences``: how many of its comparisons put A ahead,
+    B ahead or neither (the paired interval holding 0), what that says of the finding at this
+    scale, and the widest interval's half-width, beside the paper's differences."""
+    columns = ["finding", "suite", "comparisons", "A ahead", "B ahead", "unresolved",
+               "at this scale", "widest ± (points)", "A − B, paper"]
+    rows, data = [], []
+    frame = differences_table.data
+    if frame.empty:
+        return Table("findings", f"The paper's findings in one line each, ours at {scale}",
+                     caption(scale, replicates), columns, rows, pd.DataFrame())
+    for (finding, suite), group in frame.groupby(["finding", "suite"], sort=False):
+        a = int((group["low"] > 0).sum())
+        b = int((group["high"] < 0).sum())
+        n, unresolved = len(group), len(group) - a - b
+        if not finding.startswith("Finding"):
+            verdict = (f"A ahead of B in {a}, behind in {b}, no resolvable difference in "
+                       f"{unresolved}")
+        elif a == n:
+            verdict = "holds"
+        elif b == n:
+            verdict = "reversed"
+        elif a and b:
+            verdict = "mixed: A ahead in some comparisons, behind in others"
+        elif a:
+            verdict = "holds in part: A ahead or tied"
+        elif b:
+            verdict = "does not hold: A behind or tied"
+        else:
+            verdict = "unresolved: every interval holds 0"
+        widest = float(((group["high"] - group["low"]) / 2).max())
+        paper = group["paper"].dropna()
+        paper_text = (f"{100 * paper.min():+.1f} to {100 * paper.max():+.1f}" if len(paper) > 1
+                      else f"{100 * paper.iloc[0]:+.1f}" if len(paper) else "")
+        rows.append([finding, reference.SUITE_TITLES[suite], str(n), str(a), str(b),
+                     str(unresolved), verdict, f"{100 * widest:.1f}", paper_text])
+        data.append({"finding": finding, "suite": suite, "comparisons": n, "a_ahead": a,
+                     "b_ahead": b, "unresolved": unresolved, "verdict": verdict,
+                     "widest_half_width": widest})
+    return Table("findings", f"The paper's findings in one line each, ours at {scale}",
+                 caption(scale, replicates, "Counts the comparisons of the next table: A ahead "
+                         "where the 95% paired interval of A − B lies above 0, B ahead where it "
+                         "lies below. A finding holds at this scale when A is ahead in every "
+                         "comparison; the paper's column is the range of its own A − B."),
+                 columns, rows, pd.DataFrame(data))
+
+
 def families(data: RunData, entries: pd.DataFrame, reps: bootstrap.Replicates, scale: str,
              suite: str = "t0") -> Table:
     """A suite by T0's held-out task families (``reference.T0_FAMILIES``): per cell, each family's
@@ -466,7 +514,9 @@ def all_tables(data: RunData, reps: bootstrap.Replicates,
     out = {}
     for scale in scales:
         tables = [paper_table(name, entries, scale, reps.replicates) for name in PAPER_TABLES]
-        tables += [differences(entries, reps, scale), families(data, entries, reps, scale),
+        findings = differences(entries, reps, scale)
+        tables += [findings_summary(findings, scale, reps.replicates), findings,
+                   families(data, entries, reps, scale),
                    families(data, entries, reps, scale, "eai"), per_task(data, reps, scale),
                    per_prompt(data, scale), compute_table(data, scale)]
         out[scale] = tables
@@ -490,6 +540,6 @@ def as_entries(paper: Optional[pd.DataFrame] = None, scale: str = reference.PAPE
     return pd.DataFrame(rows)
 
 
-__all__ = ["Table", "summarize", "paper_table", "differences", "families", "per_task",
-           "per_prompt", "compute_table", "all_tables", "as_entries", "format_entry",
+__all__ = ["Table", "summarize", "paper_table", "differences", "findings_summary", "families",
+           "per_task", "per_prompt", "compute_table", "all_tables", "as_entries", "format_entry",
            "entry_replicates"]

@@ -251,6 +251,36 @@ def test_eai_families_use_the_datasets_eai_eval_holds():
     assert "StoryCloze" in table.caption
 
 
+def test_findings_summary_reads_each_comparisons_interval():
+    """Hand-made differences: a finding whose intervals all lie above 0 holds, all below is
+    reversed, one above and one holding 0 holds in part, none resolved is unresolved; the MTF
+    rows are counted without a verdict; the widest half-width and the paper's range are kept."""
+    def row(finding, suite, low, high, paper):
+        return {"finding": finding, "suite": suite, "a": "a", "b": "b",
+                "difference": (low + high) / 2, "low": low, "high": high, "paired": True,
+                "verdict": "", "paper": paper}
+    rows = [row("Finding 1: x", "eai", 0.01, 0.05, 0.007),
+            row("Finding 1: x", "eai", 0.02, 0.03, 0.043),
+            row("Finding 1: x", "t0", -0.05, -0.01, 0.006),
+            row("Finding 1: x", "t0", -0.04, -0.02, 0.007),
+            row("Finding 2: y", "eai", 0.01, 0.03, np.nan),
+            row("Finding 2: y", "eai", -0.01, 0.02, np.nan),
+            row("Finding 3: z", "t0", -0.01, 0.01, 0.028),
+            row("What MTF did: w", "eai", 0.01, 0.02, 0.05),
+            row("What MTF did: w", "eai", -0.02, 0.01, 0.04)]
+    diffs = tables.Table("differences", "", "", [], [], pd.DataFrame(rows))
+    summary = tables.findings_summary(diffs, "s", 100)
+    verdicts = {(r[0], r[1]): r[6] for r in summary.rows}
+    assert verdicts[("Finding 1: x", "EAI-Eval")] == "holds"
+    assert verdicts[("Finding 1: x", "T0-Eval")] == "reversed"
+    assert verdicts[("Finding 2: y", "EAI-Eval")] == "holds in part: A ahead or tied"
+    assert verdicts[("Finding 3: z", "T0-Eval")] == "unresolved: every interval holds 0"
+    assert verdicts[("What MTF did: w", "EAI-Eval")].startswith("A ahead of B in 1, behind in 0")
+    first = summary.rows[0]
+    assert first[2:6] == ["2", "2", "0", "0"] and first[7] == "2.0" and first[8] == "+0.7 to +4.3"
+    assert summary.rows[2][8] == ""  # no paper value
+
+
 def test_paired_bootstrap_detects_a_planted_difference_and_not_a_null_one():
     rng = np.random.default_rng(0)
     trials, n, false_alarms, found = 200, 300, 0, 0

@@ -45,9 +45,10 @@ def test_report_end_to_end(runs, tmp_path, capsys):
         if name.endswith(".png"):
             assert f"figures/{name}" in index
     tables = list((out / "tables").glob("*"))
-    assert {p.suffix for p in tables} == {".md", ".csv", ".tex"} and len(tables) == 10 * 3
+    assert {p.suffix for p in tables} == {".md", ".csv", ".tex"} and len(tables) == 11 * 3
     assert "T0-Eval by held-out task family" in index and "families above chance" in index
     assert "EAI-Eval by held-out task family" in index
+    assert "The paper's findings in one line each" in index
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "<table>" in page
     assert fixture.SCALE in page and "failed" in page
