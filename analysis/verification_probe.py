@@ -31,6 +31,9 @@ import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import pandas as pd
+
+from analysis.tables import Table
 
 KINDS = ("verify_world", "verify_passage", "verify_story")
 VERDICTS = ("true", "false", "unknown")
@@ -83,48 +86,53 @@ def probe(run_dir: str | pathlib.Path, *, step: Optional[int] = None, examples: 
     from lm_eval.api.instance import Instance
 
     from harness.eval.lm_eval_adapter import ArchobjLM
+    from harness.storage.checkpoint import CheckpointError, read_vocabulary
     from objectives.world.facts import make_world
     from objectives.world.writer import read_manifest, resolve_size
 
     directory = pathlib.Path(run_dir)
     try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        vocabulary = read_vocabulary(directory)
+    except CheckpointError as error:
         raise ValueError(f"{directory}: no readable config.json ({error}); pass a training run "
                          "directory") from None
-    source = ((config.get("run") or {}).get("data") or {}).get("source")
-    manifest = read_manifest(pathlib.Path(source).parent, verify=False) if source else None
+    # A built-in world keeps its tokenizer beside its manifest (objectives/world/writer.py).
+    manifest = (read_manifest(pathlib.Path(vocabulary).parent, verify=False)
+                if vocabulary else None)
     if manifest is None:
-        raise ValueError(f"{directory}: data.source={source!r} is not a built-in world's corpus "
-                         "(its directory has no world.json); probe a run trained on "
-                         "objectives.world")
+        raise ValueError(f"{directory}: data.vocabulary={vocabulary!r} is not a built-in world's "
+                         "corpus tokenizer (its directory has no world.json); probe a run trained "
+                         "on objectives.world")
     size = resolve_size(manifest["size"])
     world = make_world(manifest["seed"], size.people, size.towns)
 
+    # Every kind's documents with every vocabulary's three verdicts, scored in one call.
+    cases = [(kind, items, vocabulary) for kind in KINDS
+             for items in [claims(world, kind, examples)] for vocabulary in VOCABULARIES]
+    requests = [Instance("loglikelihood", {}, (context, f" {word}."), 0)
+                for _, items, vocabulary in cases for context, _ in items for word in vocabulary]
     lm = ArchobjLM(str(directory), step=step, batch_size=batch_size, dtype="float32",
                    progress=False)
-    rows = []
-    for kind in KINDS:
-        items = claims(world, kind, examples)
+    scores = np.array([s for s, _ in lm.loglikelihood(requests, disable_tqdm=True)])
+    rows, start = [], 0
+    for kind, items, vocabulary in cases:
+        loglikelihoods = scores[start:start + 3 * len(items)].reshape(len(items), 3)
+        start += 3 * len(items)
         gold = np.array([VERDICTS.index(verdict) for _, verdict in items])
-        for vocabulary in VOCABULARIES:
-            requests = [Instance("loglikelihood", {}, (context, f" {word}."), 0)
-                        for context, _ in items for word in vocabulary]
-            scores = lm.loglikelihood(requests, disable_tqdm=True)
-            loglikelihoods = np.array([s for s, _ in scores]).reshape(len(items), 3)
-            rows.append({"kind": kind, "vocabulary": "/".join(vocabulary),
-                         **score(loglikelihoods, gold), "examples": len(items)})
+        rows.append({"kind": kind, "vocabulary": "/".join(vocabulary),
+                     **score(loglikelihoods, gold), "examples": len(items)})
     return rows
 
 
-def format_rows(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| kind | answers | accuracy % | true vs false % | unknown found % | n |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['kind']} | {r['vocabulary']} | {100 * r['accuracy']:.1f} | "
-                     f"{100 * r['true_vs_false']:.1f} | {100 * r['unknown_found']:.1f} | "
-                     f"{r['examples']} |")
-    return "\n".join(lines)
+def table(rows: Sequence[dict[str, Any]], run: str) -> Table:
+    """The rows as an ``analysis.tables.Table`` (Markdown with a title and what chance is)."""
+    columns = ["kind", "answers", "accuracy %", "true vs false %", "unknown found %", "n"]
+    cells = [[r["kind"], r["vocabulary"], f"{100 * r['accuracy']:.1f}",
+              f"{100 * r['true_vs_false']:.1f}", f"{100 * r['unknown_found']:.1f}",
+              str(r["examples"])] for r in rows]
+    return Table("verification_probe", f"Verification in the corpus's own words: {run}",
+                 "Chance: accuracy 33.3, true vs false 50; fresh corpus documents, cut before "
+                 "their verdicts.", columns, cells, pd.DataFrame(rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -142,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
+    print(json.dumps(rows, indent=1) if args.json else table(rows, args.run).markdown())
     return 0
 
 
